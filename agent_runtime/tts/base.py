@@ -1,0 +1,89 @@
+"""TTS contract: push partial text in, get audio chunks out, tagged with the text they speak.
+
+A `Synthesizer` is a loaded engine shared by many sessions. Each reply opens a `SynthesisStream`:
+the turn manager pushes the LLM's text deltas as they come (`push_text`), calls `flush()` when the
+LLM is done, iterates `TTSChunk`s, and calls `cancel()` on barge-in. The stream cuts text into
+segments with a `TextChunker` (first segment as soon as a clause is speakable) and synthesises them
+in order off the event loop.
+
+Engines usually only implement `Synthesizer.open_utterance()`, returning an `UtteranceSynth` whose
+blocking `synthesize(segment)` yields audio for one segment; `StreamingSynthesisStream` provides the
+queueing, threading, cancellation and tagging around it. An engine may keep state across the
+segments of one utterance (S2-Pro continues its context so the voice carries across segments).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True)
+class TTSChunk:
+    """Audio for (part of) one text segment.
+
+    `audio` is int16 mono at `sample_rate`. `segment_id` counts segments within the stream from 0;
+    `text` is the whole segment's text (the same on every chunk of the segment); `segment_final` is
+    True on the segment's last chunk (which may be empty). `created_at` is `time.perf_counter()` when the chunk existed.
+    """
+
+    audio: np.ndarray
+    sample_rate: int
+    segment_id: int
+    text: str
+    segment_final: bool
+    created_at: float
+
+
+class UtteranceSynth(ABC):
+    """Engine state for one reply. `synthesize` is called from a worker thread, one segment at a time."""
+
+    @abstractmethod
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        """Yield float32 or int16 mono audio blocks at the synthesizer's rate for one segment."""
+
+    def cancel(self) -> None:  # noqa: B027 - optional hook
+        """Ask a running `synthesize` to stop at its next block boundary (called from any thread)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Free per-utterance state."""
+
+
+class SynthesisStream(ABC):
+    """One reply being spoken."""
+
+    @abstractmethod
+    def push_text(self, text: str) -> None:
+        """Add a text delta (any size, may split words)."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """No more text will come: speak everything still buffered."""
+
+    @abstractmethod
+    async def cancel(self) -> None:
+        """Stop at once: no more chunks are produced; pending text is dropped."""
+
+    @abstractmethod
+    def __aiter__(self) -> AsyncIterator[TTSChunk]:
+        """Chunks in order; ends after `flush()` once all text is spoken, or after `cancel()`."""
+
+
+class Synthesizer(ABC):
+    """A loaded TTS engine, shared by sessions."""
+
+    name: str = "tts"
+    sample_rate: int
+
+    @abstractmethod
+    def open_stream(self) -> SynthesisStream:
+        """Start a new reply."""
+
+    def warmup(self) -> None:  # noqa: B027 - optional hook
+        """Run the engine once so the first reply is not slowed by lazy initialisation."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the engine."""

@@ -1,0 +1,116 @@
+"""Cutting streamed LLM text into speakable segments as early as is safe.
+
+The first segment is released at the first clause boundary (",", ";", ":" or a sentence end) once it
+has a few words, so speech starts before the LLM finishes its first sentence; later segments wait for
+sentence ends (longer segments give better prosody and cost less per character). Text is never cut
+inside a bracketed inline tag (`[laugh]`), inside a number ("3.5", "1,000"), or after a known
+abbreviation ("Dr.", "e.g."). Languages without spaces (CJK) use their own punctuation.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ABBREVIATIONS = frozenset(
+    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m u.s no approx dept inc ltd co jan feb mar apr jun "
+    "jul aug sep sept oct nov dec mt ft".split()
+)
+_SENTENCE_END = ".!?。！？…"
+_CLAUSE_END = ",;:、，；："
+_CLOSERS = "\"')]}”’」』"
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkerConfig:
+    first_min_words: int = 3
+    """Words needed before a clause boundary may release the first segment."""
+    first_min_chars: int = 12
+    """Same, for text without spaces."""
+    later_min_chars: int = 40
+    """Later segments end only at a sentence end (or a clause end beyond `later_max_chars`)."""
+    later_max_chars: int = 160
+
+
+class TextChunker:
+    """Incremental segmenter: `push(delta)` returns the segments that became complete."""
+
+    def __init__(self, config: ChunkerConfig | None = None) -> None:
+        self.config = config or ChunkerConfig()
+        self._buf = ""
+        self._emitted = 0
+
+    def push(self, delta: str) -> list[str]:
+        self._buf += delta
+        out: list[str] = []
+        while True:
+            cut = self._find_cut(final=False)
+            if cut is None:
+                return out
+            segment, self._buf = self._buf[:cut].strip(), self._buf[cut:]
+            if segment:
+                out.append(segment)
+                self._emitted += 1
+
+    def flush(self) -> list[str]:
+        rest, self._buf = self._buf.strip(), ""
+        if rest and _speakable(rest):
+            self._emitted += 1
+            return [rest]
+        return []
+
+    def _find_cut(self, final: bool) -> int | None:
+        text = self._buf
+        first = self._emitted == 0
+        depth = 0
+        for i, ch in enumerate(text):
+            if ch == "[":
+                depth += 1
+            elif ch == "]":
+                depth = max(0, depth - 1)
+            if depth or (ch not in _SENTENCE_END and ch not in _CLAUSE_END):
+                continue
+            end = i + 1
+            # A boundary needs what follows: whitespace for spaced scripts, anything for CJK.
+            if end >= len(text):
+                return None
+            while end < len(text) and text[end] in _CLOSERS:
+                end += 1
+            if end >= len(text):
+                return None
+            nxt = text[end]
+            is_cjk_punct = ch in "。！？、，；：…"
+            if not is_cjk_punct and not nxt.isspace():
+                continue  # "3.5", "1,000", "e.g.x", "U.S.A"
+            if ch == "." and _is_abbreviation(text[:i]):
+                continue
+            head = text[:end].strip()
+            sentence_end = ch in _SENTENCE_END
+            if first:
+                if (sentence_end and _speakable(head)) or _long_enough_first(head, self.config):
+                    return end
+            elif sentence_end and len(head) >= self.config.later_min_chars:
+                return end
+            elif not sentence_end and len(head) >= self.config.later_max_chars:
+                return end
+        return None
+
+
+def _is_abbreviation(before: str) -> bool:
+    m = re.search(r"([A-Za-z][A-Za-z.]*)$", before)
+    if not m:
+        return False
+    word = m.group(1).lower().rstrip(".")
+    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+
+
+def _long_enough_first(head: str, cfg: ChunkerConfig) -> bool:
+    words = len(head.split())
+    if words >= cfg.first_min_words:
+        return True
+    has_spaces = " " in head
+    return not has_spaces and len(head) >= cfg.first_min_chars
+
+
+def _speakable(text: str) -> bool:
+    return any(ch.isalnum() for ch in re.sub(r"\[[^\]]*\]", "", text))

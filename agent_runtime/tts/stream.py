@@ -1,0 +1,140 @@
+"""The generic streaming machinery around an engine's per-segment synthesis.
+
+`ChunkedSynthesizer` turns an engine that can speak one segment at a time (`open_utterance()`) into
+the runtime's `Synthesizer` contract: text deltas are cut by a `TextChunker`, segments are spoken in
+order in a worker thread, audio blocks come back on the event loop as `TTSChunk`s, and `cancel()`
+stops between two blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from abc import abstractmethod
+from collections.abc import AsyncIterator
+
+import numpy as np
+
+from agent_runtime.audio.frame import float_to_pcm16
+from agent_runtime.tts.base import SynthesisStream, Synthesizer, TTSChunk, UtteranceSynth
+from agent_runtime.tts.chunker import ChunkerConfig, TextChunker
+
+_END = object()
+
+
+class ChunkedSynthesizer(Synthesizer):
+    """Base class for engines that synthesise segment by segment."""
+
+    chunker_config: ChunkerConfig = ChunkerConfig()
+
+    @abstractmethod
+    def open_utterance(self) -> UtteranceSynth:
+        """Per-reply engine state (called on the event loop; must be cheap)."""
+
+    def make_chunker(self) -> TextChunker:
+        return TextChunker(self.chunker_config)
+
+    def open_stream(self) -> SynthesisStream:
+        return StreamingSynthesisStream(self, self.make_chunker())
+
+
+class StreamingSynthesisStream(SynthesisStream):
+    """Segments queue -> worker thread -> chunk queue, with prompt cancellation."""
+
+    def __init__(self, synth: ChunkedSynthesizer, chunker: TextChunker) -> None:
+        self._synth = synth
+        self._chunker = chunker
+        self._segments: asyncio.Queue[str | object] = asyncio.Queue()
+        self._chunks: asyncio.Queue[TTSChunk | BaseException | object] = asyncio.Queue()
+        self._cancelled = threading.Event()
+        self._flushed = False
+        self._utterance: UtteranceSynth | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+
+    # -- input side -------------------------------------------------------------------------
+    def push_text(self, text: str) -> None:
+        if self._flushed or self._cancelled.is_set():
+            return
+        for segment in self._chunker.push(text):
+            self._enqueue(segment)
+
+    def flush(self) -> None:
+        if self._flushed or self._cancelled.is_set():
+            return
+        for segment in self._chunker.flush():
+            self._enqueue(segment)
+        self._flushed = True
+        self._segments.put_nowait(_END)
+        self._ensure_worker()
+
+    def _enqueue(self, segment: str) -> None:
+        self._segments.put_nowait(segment)
+        self._ensure_worker()
+
+    def _ensure_worker(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="tts-stream")
+
+    async def cancel(self) -> None:
+        self._cancelled.set()
+        if self._utterance is not None:
+            self._utterance.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self._chunks.put_nowait(_END)
+
+    # -- worker -----------------------------------------------------------------------------
+    async def _run(self) -> None:
+        segment_id = 0
+        try:
+            self._utterance = self._synth.open_utterance()
+            while not self._cancelled.is_set():
+                item = await self._segments.get()
+                if item is _END:
+                    break
+                assert isinstance(item, str)
+                await asyncio.to_thread(self._speak_segment, item, segment_id)
+                segment_id += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # surfaced to the consumer
+            self._chunks.put_nowait(exc)
+        finally:
+            if self._utterance is not None:
+                self._utterance.cancel()
+                await asyncio.to_thread(self._utterance.close)
+            self._chunks.put_nowait(_END)
+
+    def _speak_segment(self, text: str, segment_id: int) -> None:
+        """Runs in a worker thread: hand each audio block to the loop as soon as it exists."""
+        assert self._utterance is not None
+        rate = self._synth.sample_rate
+        for block in self._utterance.synthesize(text):
+            if self._cancelled.is_set():
+                return
+            pcm = block if block.dtype == np.int16 else float_to_pcm16(block)
+            if len(pcm):
+                self._emit(TTSChunk(pcm, rate, segment_id, text, False, time.perf_counter()))
+        if not self._cancelled.is_set():  # an empty closing chunk marks the segment's end
+            self._emit(TTSChunk(np.zeros(0, dtype=np.int16), rate, segment_id, text, True, time.perf_counter()))
+
+    def _emit(self, chunk: TTSChunk) -> None:
+        self._loop.call_soon_threadsafe(self._chunks.put_nowait, chunk)
+
+    # -- output side ------------------------------------------------------------------------
+    async def __aiter__(self) -> AsyncIterator[TTSChunk]:  # type: ignore[override]
+        while True:
+            item = await self._chunks.get()
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            if self._cancelled.is_set():
+                return
+            assert isinstance(item, TTSChunk)
+            yield item
