@@ -27,7 +27,7 @@ class TTSChunk:
 
     `audio` is int16 mono at `sample_rate`. `segment_id` counts segments within the stream from 0;
     `text` is the whole segment's text (the same on every chunk of the segment); `segment_final` is
-    True on the segment's last chunk (which may be empty). `created_at` is `time.perf_counter()` when the chunk existed.
+    True on the segment's last chunk (which may be empty). `created_at` is `time.monotonic()` when the chunk existed.
     """
 
     audio: np.ndarray
@@ -56,12 +56,12 @@ class SynthesisStream(ABC):
     """One reply being spoken."""
 
     @abstractmethod
-    def push_text(self, text: str) -> None:
-        """Add a text delta (any size, may split words)."""
+    def push_text(self, text: str) -> int:
+        """Add a text delta (any size, may split words); returns how many segments it released."""
 
     @abstractmethod
-    def flush(self) -> None:
-        """No more text will come: speak everything still buffered."""
+    def flush(self) -> int:
+        """No more text will come: speak everything still buffered; returns segments released."""
 
     @abstractmethod
     async def cancel(self) -> None:

@@ -13,8 +13,7 @@ import re
 from dataclasses import dataclass
 
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st vs etc e.g i.e a.m p.m u.s no approx dept inc ltd co jan feb mar apr jun "
-    "jul aug sep sept oct nov dec mt ft".split()
+    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "a.m", "p.m", "u.s", "no", "approx", "dept", "inc", "ltd", "co", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mt", "ft"]
 )
 _SENTENCE_END = ".!?。！？…"
 _CLAUSE_END = ",;:、，；："
@@ -89,9 +88,7 @@ class TextChunker:
             if first:
                 if (sentence_end and _speakable(head)) or _long_enough_first(head, self.config):
                     return end
-            elif sentence_end and len(head) >= self.config.later_min_chars:
-                return end
-            elif not sentence_end and len(head) >= self.config.later_max_chars:
+            elif (sentence_end and len(head) >= self.config.later_min_chars) or (not sentence_end and len(head) >= self.config.later_max_chars):
                 return end
         return None
 

@@ -55,20 +55,24 @@ class StreamingSynthesisStream(SynthesisStream):
         self._loop = asyncio.get_running_loop()
 
     # -- input side -------------------------------------------------------------------------
-    def push_text(self, text: str) -> None:
+    def push_text(self, text: str) -> int:
         if self._flushed or self._cancelled.is_set():
-            return
-        for segment in self._chunker.push(text):
+            return 0
+        segments = self._chunker.push(text)
+        for segment in segments:
             self._enqueue(segment)
+        return len(segments)
 
-    def flush(self) -> None:
+    def flush(self) -> int:
         if self._flushed or self._cancelled.is_set():
-            return
-        for segment in self._chunker.flush():
+            return 0
+        segments = self._chunker.flush()
+        for segment in segments:
             self._enqueue(segment)
         self._flushed = True
         self._segments.put_nowait(_END)
         self._ensure_worker()
+        return len(segments)
 
     def _enqueue(self, segment: str) -> None:
         self._segments.put_nowait(segment)
@@ -119,9 +123,9 @@ class StreamingSynthesisStream(SynthesisStream):
                 return
             pcm = block if block.dtype == np.int16 else float_to_pcm16(block)
             if len(pcm):
-                self._emit(TTSChunk(pcm, rate, segment_id, text, False, time.perf_counter()))
+                self._emit(TTSChunk(pcm, rate, segment_id, text, False, time.monotonic()))
         if not self._cancelled.is_set():  # an empty closing chunk marks the segment's end
-            self._emit(TTSChunk(np.zeros(0, dtype=np.int16), rate, segment_id, text, True, time.perf_counter()))
+            self._emit(TTSChunk(np.zeros(0, dtype=np.int16), rate, segment_id, text, True, time.monotonic()))
 
     def _emit(self, chunk: TTSChunk) -> None:
         self._loop.call_soon_threadsafe(self._chunks.put_nowait, chunk)

@@ -1,0 +1,156 @@
+"""Validated configuration (configs/*.yaml). Every key is documented in docs/configuration.md.
+
+Unknown keys are errors (a typo must not silently fall back to a default). Secrets never live in
+these files: backends name the environment variable that holds them (`api_key_env`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agent_runtime.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class VADConfig(_Strict):
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode, 0 (lenient) .. 3 (strict)")
+    frame_ms: int = Field(20, description="VAD frame: 10, 20 or 30 ms")
+    min_speech_ms: int = Field(120, ge=10, description="voiced audio needed to declare speech")
+    stop_silence_ms: int = Field(100, ge=20, description="silence after speech that counts as a pause")
+    pre_roll_ms: int = Field(300, ge=0, description="audio kept before speech starts")
+
+    @model_validator(mode="after")
+    def _frame(self) -> VADConfig:
+        if self.frame_ms not in (10, 20, 30):
+            raise ValueError("vad.frame_ms must be 10, 20 or 30")
+        return self
+
+
+class TurnConfig(_Strict):
+    end_of_turn_silence_ms: int = Field(300, ge=50, description="silence that ends a complete-sounding turn")
+    incomplete_turn_silence_ms: int = Field(
+        1200, ge=50, description="silence that ends a turn whose words sound unfinished ('I'd like to...')"
+    )
+    speculative: bool = Field(True, description="start ASR/LLM/TTS at the first pause, before the turn ends")
+    barge_in: bool = Field(True, description="let the caller interrupt the agent")
+    barge_in_pause_ms: int = Field(
+        0, ge=0, description="extra caller speech (beyond vad.min_speech_ms) before agent audio pauses"
+    )
+    barge_in_min_speech_ms: int = Field(
+        500, ge=0, description="caller speech that interrupts the agent (shorter speech resumes it)"
+    )
+    backchannels: list[str] = Field(
+        default_factory=lambda: [
+            "mhm", "mm", "mmhmm", "hmm", "uh huh", "uhhuh", "yeah", "yes", "yep", "ok", "okay", "right",
+            "sure", "i see", "got it", "uh", "um", "ah", "oh",
+        ],
+        description="short replies that never interrupt the agent",
+    )
+    max_history_messages: int = Field(20, ge=2, description="messages kept in the LLM context")
+
+
+class ASRConfig(_Strict):
+    model: str = Field("tiny.en", description="local dir, packaged model name, or hub name")
+    compute_type: str = Field("int8", description="CTranslate2 compute type")
+    cpu_threads: int = Field(2, ge=0, description="threads for the ASR model (0 = library default)")
+    language: str | None = Field("en", description="language code, or null to detect")
+    beam_size: int = Field(1, ge=1)
+
+
+class LLMConfig(_Strict):
+    backend: str = Field("local", description="entry-point name: local, openai, or a plugin's name")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend's from_options")
+    system_prompt: str = Field("You are a helpful voice assistant. Answer briefly.")
+    max_tokens: int = Field(80, ge=1)
+    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    first_token_timeout_s: float = Field(8.0, gt=0, description="no first token by then -> fallback line")
+    fallback_line: str = Field("Sorry, I'm having trouble answering right now. Could you say that again?")
+
+
+class TTSConfig(_Strict):
+    engine: str = Field("piper", description="entry-point name of a TTS engine: piper or a plugin's")
+    options: dict[str, Any] = Field(default_factory=dict, description="passed to the engine's from_options")
+    output_sample_rate: int = Field(16000, description="rate audio is resampled to for the transport")
+
+
+class CallerTurn(_Strict):
+    text: str | None = Field(None, description="text the simulated caller says (synthesised)")
+    wav: str | None = Field(None, description="or a WAV file the caller plays")
+    pause_ms: int | None = Field(
+        None, description="split the utterance at '|' and pause this long between the parts"
+    )
+    interrupt_after_ms: int | None = Field(
+        None, description="start talking this long after agent audio begins (barge-in)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CallerTurn:
+        if (self.text is None) == (self.wav is None):
+            raise ValueError("a caller turn needs exactly one of 'text' or 'wav'")
+        return self
+
+
+class DemoConfig(_Strict):
+    caller_turns: list[CallerTurn] = Field(default_factory=list)
+    caller_voice_length_scale: float = Field(1.0, gt=0, description="piper speed for the caller voice")
+    wait_after_reply_ms: int = Field(700, ge=0, description="caller waits this long after the agent stops")
+    max_reply_wait_s: float = Field(30.0, gt=0, description="give up waiting for a reply after this")
+
+
+class AppConfig(_Strict):
+    vad: VADConfig = VADConfig()
+    turn: TurnConfig = TurnConfig()
+    asr: ASRConfig = ASRConfig()
+    llm: LLMConfig = LLMConfig()
+    tts: TTSConfig = TTSConfig()
+    demo: DemoConfig = DemoConfig()
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AppConfig:
+    """Load and validate a YAML config; with no path, the built-in defaults (plus `overrides`)."""
+    if path is None:
+        try:
+            return AppConfig.model_validate(overrides or {})
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
+    p = Path(path)
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    if overrides:
+        raw = _merge(raw, overrides)
+    try:
+        return AppConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{p}: {_describe(exc)}") from None
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)

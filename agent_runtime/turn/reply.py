@@ -1,0 +1,239 @@
+"""One agent reply: transcript -> LLM stream -> TTS stream -> paced playout.
+
+A reply is started speculatively at the caller's first pause. It may run ASR, the LLM and TTS before
+the turn is decided, but no audio leaves before `commit()`. Until its first frame is played it can be
+dropped unheard (`cancel()`); once audible, the session interrupts it (`interrupt()`), and the
+history keeps only what was heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from agent_runtime.asr.base import Transcript
+from agent_runtime.audio.frame import AudioFrame
+from agent_runtime.audio.resample import FrameRebuffer, StreamResampler
+from agent_runtime.errors import BackendError
+from agent_runtime.llm.base import ChatMessage, GenerationOptions
+from agent_runtime.metrics.turns import TurnMetrics
+
+if TYPE_CHECKING:
+    from agent_runtime.turn.session import Session
+
+log = logging.getLogger("agent_runtime.turn")
+
+OUTPUT_FRAME_MS = 20
+
+
+@dataclass
+class _Segment:
+    text: str
+    produced: int = 0  # samples at the output rate
+    played: int = 0
+    complete: bool = False
+
+
+@dataclass
+class HeardText:
+    """Segments of the reply and how much of each the caller heard."""
+
+    segments: dict[int, _Segment] = field(default_factory=dict)
+
+    def text(self) -> str:
+        parts: list[str] = []
+        for seg_id in sorted(self.segments):
+            seg = self.segments[seg_id]
+            if seg.played <= 0:
+                break
+            if seg.complete and seg.played >= seg.produced:
+                parts.append(seg.text)
+                continue
+            words = seg.text.split()
+            fraction = seg.played / max(seg.produced, 1)
+            heard = words[: int(len(words) * fraction)]
+            if heard:
+                parts.append(" ".join(heard))
+            break
+        return " ".join(parts).strip()
+
+    @property
+    def everything_played(self) -> bool:
+        return bool(self.segments) and all(s.complete and s.played >= s.produced for s in self.segments.values())
+
+
+class Reply:
+    """A (possibly speculative) agent reply to one user turn."""
+
+    def __init__(self, session: Session, metrics: TurnMetrics, audio: np.ndarray) -> None:
+        self.session = session
+        self.metrics = metrics
+        self.audio = audio  # the user's turn audio, int16 16 kHz
+        self.transcript: Transcript | None = None
+        self.transcript_ready = asyncio.Event()
+        self.committed = asyncio.Event()
+        self._playing = asyncio.Event()  # cleared while a barge-in pauses playout
+        self._playing.set()
+        self.heard = HeardText()
+        self.llm_text = ""
+        self.audible = False  # a frame has been handed to the transport
+        self.finished = asyncio.Event()
+        self.interrupted = False
+        self.dropped = False
+        self._task: asyncio.Task[None] | None = None
+        self._tts_stream = None
+
+    # -- control (called by the session on the event loop) -----------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"reply-{self.metrics.turn_id}")
+
+    def commit(self, when: float) -> None:
+        self.metrics.end_of_turn = when
+        self.committed.set()
+
+    def pause(self) -> None:
+        self._playing.clear()
+
+    def resume(self) -> None:
+        self._playing.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._playing.is_set()
+
+    async def cancel(self) -> None:
+        """Stop everything (LLM, TTS, playout) now."""
+        if self._tts_stream is not None:
+            await self._tts_stream.cancel()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.finished.set()
+
+    # -- the pipeline ---------------------------------------------------------------------------
+    async def _run(self) -> None:
+        s = self.session
+        try:
+            self.transcript = await s.recognizer.atranscribe(self.audio.astype(np.float32) / 32768.0)
+            self.metrics.asr_final = time.monotonic()
+            self.metrics.user_text = self.transcript.text
+            self.transcript_ready.set()
+            s.on_transcript(self)
+            if self.transcript.is_empty:
+                return
+            if not s.config.turn.speculative:
+                await self.committed.wait()
+            tts = s.synthesizer.open_stream()
+            self._tts_stream = tts
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._pump_llm(tts))
+                tg.create_task(self._playout(tts))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s turn %d: reply failed", s.session_id, self.metrics.turn_id)
+        finally:
+            self.transcript_ready.set()
+            self.finished.set()
+
+    def messages(self) -> list[ChatMessage]:
+        s = self.session
+        assert self.transcript is not None
+        history = s.history[-s.config.turn.max_history_messages :]
+        return [
+            ChatMessage("system", s.config.llm.system_prompt),
+            *history,
+            ChatMessage("user", self.transcript.text),
+        ]
+
+    async def _pump_llm(self, tts) -> None:
+        s = self.session
+        cfg = s.config.llm
+        options = GenerationOptions(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
+        stream: AsyncIterator[str] = s.llm.stream_chat(self.messages(), options)
+        got_text = False
+        try:
+            deadline = cfg.first_token_timeout_s
+            while True:
+                try:
+                    if got_text:
+                        delta = await anext(stream)
+                    else:
+                        delta = await asyncio.wait_for(anext(stream), timeout=deadline)
+                except StopAsyncIteration:
+                    break
+                if not delta:
+                    continue
+                if not got_text:
+                    if not delta.strip():
+                        continue
+                    self.metrics.llm_first_token = time.monotonic()
+                    got_text = True
+                self.llm_text += delta
+                self._to_tts(tts.push_text(delta))
+        except (BackendError, TimeoutError) as exc:
+            reason = str(exc) or type(exc).__name__
+            self.metrics.llm_error = reason
+            log.warning("session %s: LLM failed (%s); speaking the fallback line", s.session_id, reason)
+        except Exception as exc:  # a plugin backend may raise anything: the session must stay up
+            self.metrics.llm_error = repr(exc)
+            log.exception("session %s: LLM backend raised", s.session_id)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.aclose()  # type: ignore[attr-defined]
+        if not self.llm_text.strip():
+            self.llm_text = cfg.fallback_line
+            self._to_tts(tts.push_text(cfg.fallback_line))
+        self._to_tts(tts.flush())
+
+    def _to_tts(self, released_segments: int) -> None:
+        if released_segments and self.metrics.tts_first_text is None:
+            self.metrics.tts_first_text = time.monotonic()
+
+    async def _playout(self, tts) -> None:
+        s = self.session
+        out_rate = s.transport.output_sample_rate
+        resampler: StreamResampler | None = None
+        rebuffer = FrameRebuffer(out_rate, OUTPUT_FRAME_MS)
+        async for chunk in tts:
+            if self.metrics.tts_first_audio is None and len(chunk.audio):
+                self.metrics.tts_first_audio = chunk.created_at
+            if resampler is None:
+                resampler = StreamResampler(chunk.sample_rate, out_rate)
+            seg = self.heard.segments.setdefault(chunk.segment_id, _Segment(chunk.text))
+            frames: list[AudioFrame] = []
+            if len(chunk.audio):
+                resampled = resampler.process(AudioFrame(chunk.audio, chunk.sample_rate))
+                seg.produced += resampled.num_samples
+                frames = rebuffer.push(resampled)
+            if chunk.segment_final:
+                seg.complete = True
+            await self.committed.wait()
+            for frame in frames:
+                await self._send(frame, seg)
+        # pad and send the remainder so the reply's tail is not lost
+        tail = rebuffer.push(AudioFrame(np.zeros(rebuffer.frame_samples, np.int16), out_rate))
+        if tail:
+            await self.committed.wait()
+            last_seg = self.heard.segments[max(self.heard.segments)] if self.heard.segments else _Segment("")
+            await self._send(tail[0], last_seg)
+        for seg in self.heard.segments.values():
+            seg.played = max(seg.played, seg.produced)
+
+    async def _send(self, frame: AudioFrame, seg: _Segment) -> None:
+        await self._playing.wait()
+        now = time.monotonic()
+        if not self.audible:
+            self.audible = True
+            self.metrics.first_audio_out = now
+            self.session.on_first_audio(self)
+        await self.session.transport.send(AudioFrame(frame.pcm, frame.sample_rate, now))
+        seg.played = min(seg.produced, seg.played + frame.num_samples)

@@ -1,0 +1,302 @@
+"""The per-call turn manager: a state machine over VAD events that runs replies and barge-ins.
+
+States: LISTENING -> USER_SPEAKING -> (pause) -> THINKING -> SPEAKING -> LISTENING.
+
+* At the caller's first pause (`vad.stop_silence_ms` of silence) a reply starts speculatively: ASR,
+  then LLM and TTS, with its audio held back.
+* The turn ends when the silence reaches `turn.end_of_turn_silence_ms` (or the longer
+  `incomplete_turn_silence_ms` when the words sound unfinished). Then the held audio plays.
+* If the caller speaks again before any reply audio was heard, the reply is dropped unheard and the
+  turn continues (its audio is kept and the next pause transcribes all of it).
+* If the caller speaks while the agent is audible: playout pauses at once (phase one); after
+  `barge_in_min_speech_ms` of speech, or if the words are not a backchannel, the reply is
+  interrupted: LLM, TTS and queued audio are cancelled and the history keeps what was heard. A short
+  "mhm" resumes playout where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from agent_runtime.asr.base import Recognizer
+from agent_runtime.audio.frame import AudioFrame
+from agent_runtime.audio.resample import FrameRebuffer, StreamResampler
+from agent_runtime.config import AppConfig
+from agent_runtime.llm.base import ChatMessage, LLMBackend
+from agent_runtime.metrics.turns import MetricsCollector, TurnMetrics
+from agent_runtime.transport.base import Transport
+from agent_runtime.tts.base import Synthesizer
+from agent_runtime.turn.detector import HeuristicTurnDetector, TurnDetector
+from agent_runtime.turn.reply import Reply
+from agent_runtime.vad.endpointer import Endpointer, EndpointerConfig, VADEventType
+
+log = logging.getLogger("agent_runtime.turn")
+_session_ids = itertools.count(1)
+
+
+class TurnState(Enum):
+    LISTENING = "listening"
+    USER_SPEAKING = "user_speaking"
+    THINKING = "thinking"
+    SPEAKING = "speaking"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEvent:
+    """Something observers (demo, server, load harness) may want to show."""
+
+    kind: str  # state | user_text | agent_text | barge_in | premature_reply_dropped | turn
+    session_id: str
+    timestamp: float
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Engines:
+    """The shared, loaded engines a session uses."""
+
+    recognizer: Recognizer
+    llm: LLMBackend
+    synthesizer: Synthesizer
+
+
+class Session:
+    """One call: reads the transport, runs turns, writes agent audio back."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        engines: Engines,
+        transport: Transport,
+        *,
+        metrics: MetricsCollector | None = None,
+        on_event: Callable[[SessionEvent], None] | None = None,
+        turn_detector: TurnDetector | None = None,
+        session_id: str | None = None,
+    ) -> None:
+        self.config = config
+        self.recognizer = engines.recognizer
+        self.llm = engines.llm
+        self.synthesizer = engines.synthesizer
+        self.transport = transport
+        self.metrics = metrics or MetricsCollector()
+        self.session_id = session_id or f"s{next(_session_ids)}"
+        self.history: list[ChatMessage] = []
+        self.state = TurnState.LISTENING
+        self._on_event = on_event
+        self._detector = turn_detector or HeuristicTurnDetector()
+        v = config.vad
+        self._endpointer = Endpointer(
+            EndpointerConfig(v.aggressiveness, v.frame_ms, v.min_speech_ms, 200, v.stop_silence_ms, v.pre_roll_ms)
+        )
+        self._resampler: StreamResampler | None = None
+        self._rebuffer = FrameRebuffer(Endpointer.sample_rate, v.frame_ms)
+        self._turn_ids = itertools.count(1)
+        self._reply: Reply | None = None  # the reply being prepared or spoken
+        self._carry_audio = np.zeros(0, dtype=np.int16)  # audio of a turn whose reply was dropped
+        self._carry_metrics: TurnMetrics | None = None
+        self._barge_start: float | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._backchannels = {re.sub(r"[^a-z ]", "", b.lower()).strip() for b in config.turn.backchannels}
+
+    # -- main loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Process the call until the caller hangs up; then cancel whatever is in flight."""
+        log.info("session %s: started", self.session_id)
+        try:
+            while True:
+                frame = await self.transport.recv()
+                if frame is None:
+                    break
+                for f in self._to_vad_frames(frame):
+                    await self._on_frame(f)
+        finally:
+            await self._shutdown()
+            log.info("session %s: ended after %d turns", self.session_id, len(self.metrics.turns))
+
+    def _to_vad_frames(self, frame: AudioFrame) -> list[AudioFrame]:
+        mono = frame.mono()
+        if self._resampler is None or self._resampler.in_rate != mono.sample_rate:
+            self._resampler = StreamResampler(mono.sample_rate, Endpointer.sample_rate)
+        return self._rebuffer.push(self._resampler.process(mono))
+
+    async def _on_frame(self, frame: AudioFrame) -> None:
+        for event in self._endpointer.process(frame):
+            if event.type is VADEventType.SPEECH_START:
+                await self._on_speech_start(event.timestamp)
+            else:
+                await self._on_speech_stop(event.timestamp)
+        reply = self._reply
+        if reply is None:
+            return
+        if self._barge_start is not None and self._endpointer.in_speech:
+            spoken_ms = (frame.end_time - self._barge_start) * 1000
+            if spoken_ms >= self.config.turn.barge_in_min_speech_ms:
+                await self._interrupt(reply, "speech")
+            return
+        if not reply.committed.is_set() and not self._endpointer.in_speech:
+            self._maybe_commit(reply, frame.end_time)
+
+    # -- VAD events ----------------------------------------------------------------------------
+    async def _on_speech_start(self, when: float) -> None:
+        reply = self._reply
+        if reply is not None and reply.audible and not reply.finished.is_set():
+            if self.config.turn.barge_in and self._barge_start is None:
+                self._barge_start = when
+                reply.pause()  # phase one: silence the agent within a frame, keep its place
+                self._emit("barge_in", {"phase": "pause"})
+            return
+        if reply is not None and not reply.audible:
+            await self._drop_unheard(reply)
+        self._set_state(TurnState.USER_SPEAKING)
+
+    async def _on_speech_stop(self, when: float) -> None:
+        reply = self._reply
+        if self._barge_start is not None and reply is not None:
+            # Short speech over the agent: a backchannel resumes playout, words interrupt.
+            snippet = self._endpointer.audio()
+            self._spawn(self._judge_short_barge_in(reply, snippet, when))
+            return
+        if reply is not None and reply.audible and not reply.finished.is_set():
+            return  # barge-in disabled: the caller's words wait for the reply to end
+        self._start_reply(when)
+
+    def _start_reply(self, speech_end: float) -> None:
+        metrics = self._carry_metrics or TurnMetrics(self.session_id, next(self._turn_ids))
+        self._carry_metrics = None
+        metrics.user_speech_end = speech_end
+        audio = np.concatenate([self._carry_audio, self._endpointer.audio()])
+        reply = Reply(self, metrics, audio)
+        self._reply = reply
+        self._set_state(TurnState.THINKING)
+        reply.start()
+
+    def _maybe_commit(self, reply: Reply, now: float) -> None:
+        if reply.transcript is None:
+            return  # the decision needs the words
+        silence_ms = (now - (reply.metrics.user_speech_end or now)) * 1000
+        complete = self._detector.is_complete(reply.transcript.text)
+        t = self.config.turn
+        needed = t.end_of_turn_silence_ms if complete else t.incomplete_turn_silence_ms
+        if silence_ms < needed:
+            return
+        self._endpointer.discard_audio()
+        self._carry_audio = np.zeros(0, dtype=np.int16)
+        if reply.transcript.is_empty:
+            self._reply = None
+            self._set_state(TurnState.LISTENING)
+            return
+        reply.commit(now)
+        self._spawn(self._follow(reply))
+
+    async def _follow(self, reply: Reply) -> None:
+        """Track a committed reply to its end and file it into the history."""
+        await reply.finished.wait()
+        if self._reply is reply and not reply.interrupted and not reply.dropped:
+            self._finish(reply)
+
+    # -- outcomes ------------------------------------------------------------------------------
+    async def _drop_unheard(self, reply: Reply) -> None:
+        """The caller kept talking before hearing anything: the turn continues."""
+        reply.dropped = True
+        await reply.cancel()
+        if reply.committed.is_set():
+            # Its audio was handed over at the decision; the endpointer now records only new speech.
+            self._carry_audio = reply.audio
+        reply.metrics.premature_replies_dropped += 1
+        self._carry_metrics = reply.metrics
+        self._reply = None
+        self._emit("premature_reply_dropped", {"text": reply.llm_text})
+
+    async def _interrupt(self, reply: Reply, reason: str) -> None:
+        self._barge_start = None
+        reply.interrupted = True
+        await reply.cancel()
+        await self.transport.clear()
+        self._emit("barge_in", {"phase": "interrupt", "reason": reason})
+        self._finish(reply)
+        self._set_state(TurnState.USER_SPEAKING if self._endpointer.in_speech else TurnState.LISTENING)
+
+    async def _judge_short_barge_in(self, reply: Reply, snippet: np.ndarray, when: float) -> None:
+        transcript = await self.recognizer.atranscribe(snippet.astype(np.float32) / 32768.0)
+        if self._reply is not reply or self._barge_start is None:
+            return
+        words = re.sub(r"[^a-z ]", "", transcript.text.lower()).strip()
+        if not words or words in self._backchannels:
+            self._barge_start = None
+            self._endpointer.discard_audio()
+            reply.resume()
+            self._emit("barge_in", {"phase": "resume", "heard": transcript.text})
+            return
+        await self._interrupt(reply, "words")
+        if not self._endpointer.in_speech:
+            self._start_reply(when)
+
+    def _finish(self, reply: Reply) -> None:
+        metrics = reply.metrics
+        metrics.interrupted = reply.interrupted
+        heard = reply.heard.text() if reply.interrupted else reply.llm_text.strip()
+        metrics.agent_text = heard
+        if reply.transcript is not None and not reply.transcript.is_empty:
+            self.history.append(ChatMessage("user", reply.transcript.text))
+            self.history.append(ChatMessage("assistant", heard, interrupted=reply.interrupted))
+            self._emit("agent_text", {"text": heard, "interrupted": reply.interrupted})
+        self.metrics.record(metrics)
+        self._emit("turn", {"metrics": metrics})
+        if self._reply is reply:
+            self._reply = None
+            if self.state is TurnState.SPEAKING:
+                self._set_state(TurnState.LISTENING)
+
+    # -- callbacks from replies ----------------------------------------------------------------
+    def on_transcript(self, reply: Reply) -> None:
+        assert reply.transcript is not None
+        self._emit("user_text", {"text": reply.transcript.text, "final": reply.committed.is_set()})
+
+    def on_first_audio(self, reply: Reply) -> None:
+        self._set_state(TurnState.SPEAKING)
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _set_state(self, state: TurnState) -> None:
+        if state is not self.state:
+            self.state = state
+            self._emit("state", {"state": state.value})
+
+    def _emit(self, kind: str, data: dict[str, Any]) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(SessionEvent(kind, self.session_id, time.monotonic(), data))
+            except Exception:
+                log.exception("session event observer failed")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _shutdown(self) -> None:
+        reply = self._reply
+        if reply is not None:
+            if reply.audible and not reply.finished.is_set():
+                reply.interrupted = True  # the caller hung up mid-reply
+                await reply.cancel()
+                self._finish(reply)
+            else:
+                await reply.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._reply = None
