@@ -7,7 +7,7 @@ these files: backends name the environment variable that holds them (`api_key_en
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -77,7 +77,9 @@ class LLMConfig(_Strict):
 class TTSConfig(_Strict):
     engine: str = Field("piper", description="entry-point name of a TTS engine: piper or a plugin's")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the engine's from_options")
-    output_sample_rate: int = Field(16000, description="rate audio is resampled to for the transport")
+    first_segment: Literal["clause", "sentence"] = Field(
+        "clause", description="speak the first clause as soon as it is written, or wait for a sentence"
+    )
 
 
 class CallerTurn(_Strict):

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agent_runtime.tts.chunker import ChunkerConfig
+
 
 @dataclass(frozen=True, slots=True)
 class TTSChunk:
@@ -79,8 +81,8 @@ class Synthesizer(ABC):
     sample_rate: int
 
     @abstractmethod
-    def open_stream(self) -> SynthesisStream:
-        """Start a new reply."""
+    def open_stream(self, chunking: ChunkerConfig | None = None) -> SynthesisStream:
+        """Start a new reply; `chunking` overrides the engine's default text segmentation."""
 
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run the engine once so the first reply is not slowed by lazy initialisation."""

@@ -33,11 +33,8 @@ class ChunkedSynthesizer(Synthesizer):
     def open_utterance(self) -> UtteranceSynth:
         """Per-reply engine state (called on the event loop; must be cheap)."""
 
-    def make_chunker(self) -> TextChunker:
-        return TextChunker(self.chunker_config)
-
-    def open_stream(self) -> SynthesisStream:
-        return StreamingSynthesisStream(self, self.make_chunker())
+    def open_stream(self, chunking: ChunkerConfig | None = None) -> SynthesisStream:
+        return StreamingSynthesisStream(self, TextChunker(chunking or self.chunker_config))
 
 
 class StreamingSynthesisStream(SynthesisStream):

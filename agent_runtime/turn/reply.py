@@ -24,6 +24,7 @@ from agent_runtime.audio.resample import FrameRebuffer, StreamResampler
 from agent_runtime.errors import BackendError
 from agent_runtime.llm.base import ChatMessage, GenerationOptions
 from agent_runtime.metrics.turns import TurnMetrics
+from agent_runtime.tts.chunker import ChunkerConfig
 
 if TYPE_CHECKING:
     from agent_runtime.turn.session import Session
@@ -131,7 +132,10 @@ class Reply:
                 return
             if not s.config.turn.speculative:
                 await self.committed.wait()
-            tts = s.synthesizer.open_stream()
+            chunking = None
+            if s.config.tts.first_segment == "sentence":
+                chunking = ChunkerConfig(first_min_words=10_000, first_min_chars=10_000)
+            tts = s.synthesizer.open_stream(chunking)
             self._tts_stream = tts
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pump_llm(tts))

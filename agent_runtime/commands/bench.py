@@ -1,0 +1,132 @@
+"""`agent-runtime bench voice|overhead`: latency benchmarks that print figures and same-run ratios."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("agent_runtime.bench")
+
+VOICE_TURNS = [
+    "What time do you open tomorrow?",
+    "Can you tell me about your return policy?",
+    "Do you deliver on weekends?",
+    "How much does delivery cost?",
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="latency benchmarks (voice-to-voice, runtime overhead)")
+    bsub = p.add_subparsers(dest="bench_command", metavar="BENCH")
+    v = bsub.add_parser(
+        "voice",
+        help="voice-to-voice latency on the embedded models vs a sequential sentence-buffered pipeline",
+        description=(
+            "Runs the same caller turns through two pipelines built from the same models in one run: "
+            "agent-runtime (speculative ASR/LLM/TTS from the first pause, clause-level TTS) and a "
+            "sequential baseline shaped like Pipecat's default pipeline (ASR after the end-of-turn "
+            "decision, whole-sentence TTS). Prints voice-to-voice p50/p95 with a per-stage breakdown "
+            "and the ratio."
+        ),
+    )
+    v.add_argument("--config", type=Path, default=None, help="YAML config (default: configs/demo.yaml if present)")
+    v.add_argument("--rounds", type=int, default=1, help="how many times to run the turn list per pipeline")
+    v.add_argument("--json-out", type=Path, default=None, help="write the figures as JSON")
+    v.set_defaults(func=_voice)
+    o = bsub.add_parser(
+        "overhead",
+        help="what the runtime adds between the end-of-turn decision and the first audio (instant engines)",
+    )
+    o.add_argument("--sessions", type=int, nargs="+", default=[1, 20], help="concurrency levels")
+    o.add_argument("--turns", type=int, default=3, help="caller turns per session")
+    o.add_argument("--json-out", type=Path, default=None)
+    o.set_defaults(func=_overhead)
+    p.set_defaults(func=lambda _a: p.print_help() or 2)
+
+
+def _config(path: Path | None):
+    from agent_runtime.config import load_config
+
+    default = Path("configs/demo.yaml")
+    return load_config(path or (default if default.is_file() else None))
+
+
+def _voice(args: argparse.Namespace) -> int:
+    return asyncio.run(_voice_main(args))
+
+
+async def _voice_main(args: argparse.Namespace) -> int:
+    from agent_runtime.bench.overhead import machine_description
+    from agent_runtime.config import CallerTurn
+    from agent_runtime.demo.run import prepare_caller, run_call
+    from agent_runtime.engines import build_engines, warm_up
+    from agent_runtime.metrics.turns import MetricsCollector
+
+    config = _config(args.config)
+    engines = await asyncio.to_thread(build_engines, config)
+    await warm_up(engines)
+    lines = await prepare_caller([CallerTurn(text=t) for t in VOICE_TURNS], engines.synthesizer)
+    pipelines = {
+        "agent-runtime": config,
+        "sequential-baseline": config.model_copy(
+            update={
+                "turn": config.turn.model_copy(update={"speculative": False}),
+                "tts": config.tts.model_copy(update={"first_segment": "sentence"}),
+            }
+        ),
+    }
+    results: dict[str, dict] = {}
+    for name, cfg in pipelines.items():
+        collected = MetricsCollector()
+        for r in range(args.rounds):
+            log.info("%s: round %d/%d (%d turns, real time)", name, r + 1, args.rounds, len(lines))
+            res = await run_call(cfg, engines, lines)
+            collected.turns.extend(res.metrics.turns)
+        results[name] = collected.summary()
+    print(f"\nvoice-to-voice on {machine_description()}")
+    print(f"  turns per pipeline: {len(lines) * args.rounds}; end-of-turn silence {config.turn.end_of_turn_silence_ms} ms")
+    header = f"  {'stage (ms after end of user speech)':<36}" + "".join(f"{n:>22}" for n in pipelines)
+    print(header)
+    for key in ("asr_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "end_of_turn_ms", "voice_to_voice_ms"):
+        row = f"  {key + ' p50':<36}"
+        for n in pipelines:
+            s = results[n].get(key)
+            row += f"{(s['p50'] if s else float('nan')):>22.0f}"
+        print(row)
+    a = results["agent-runtime"]["voice_to_voice_ms"]
+    b = results["sequential-baseline"]["voice_to_voice_ms"]
+    print(f"  voice_to_voice p95{'':<18}{a['p95']:>22.0f}{b['p95']:>22.0f}")
+    print(f"\n  ratio agent-runtime / sequential baseline (p50): {a['p50'] / b['p50']:.2f}x")
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(results, indent=2))
+    await engines.llm.aclose()
+    return 0
+
+
+def _overhead(args: argparse.Namespace) -> int:
+    return asyncio.run(_overhead_main(args))
+
+
+async def _overhead_main(args: argparse.Namespace) -> int:
+    from agent_runtime.bench.overhead import machine_description, run_overhead
+    from agent_runtime.demo.run import synthesize_text
+    from agent_runtime.tts.registry import create_synthesizer
+
+    piper = await asyncio.to_thread(create_synthesizer, "piper", {})
+    speech = await synthesize_text(piper, "What time do you open tomorrow?")
+    log.info("running %s concurrent sessions x %d turns (real time)", args.sessions, args.turns)
+    out = await run_overhead(args.sessions, args.turns, speech)
+    print(f"\nruntime overhead with instant engines on {machine_description()}")
+    print(f"  {'sessions':>8} {'turns':>6} {'decision->audio p50':>20} {'p99':>8} {'v2v p50':>9} {'p99':>8}")
+    for n, r in out.items():
+        d, v = r["decision_to_audio_ms"], r["voice_to_voice_ms"]
+        print(f"  {n:>8} {int(d['n']):>6} {d['p50']:>17.1f} ms {d['p99']:>5.1f} ms {v['p50']:>6.0f} ms {v['p99']:>5.0f} ms")
+    print("  (voice-to-voice includes the end-of-turn silence; decision->audio is what the runtime adds)")
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(out, indent=2))
+    return 0

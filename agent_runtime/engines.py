@@ -1,0 +1,43 @@
+"""Building the shared engines (ASR, LLM, TTS) from a config, with progress logging."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from agent_runtime.config import AppConfig
+from agent_runtime.turn.session import Engines
+
+log = logging.getLogger("agent_runtime.engines")
+
+
+def build_engines(config: AppConfig) -> Engines:
+    """Load the configured engines (blocking: seconds for real models). Call off the event loop."""
+    from agent_runtime.asr.whisper import WhisperRecognizer
+    from agent_runtime.llm.registry import create_backend
+    from agent_runtime.tts.registry import create_synthesizer
+
+    t = time.perf_counter()
+    a = config.asr
+    recognizer = WhisperRecognizer(
+        model=a.model, compute_type=a.compute_type, cpu_threads=a.cpu_threads, language=a.language,
+        beam_size=a.beam_size,
+    )
+    log.info("ASR ready: whisper %s (%.1f s)", a.model, time.perf_counter() - t)
+    t = time.perf_counter()
+    llm = create_backend(config.llm.backend, dict(config.llm.options))
+    log.info("LLM backend ready: %s (%.1f s)", config.llm.backend, time.perf_counter() - t)
+    t = time.perf_counter()
+    synthesizer = create_synthesizer(config.tts.engine, dict(config.tts.options))
+    log.info("TTS ready: %s at %d Hz (%.1f s)", config.tts.engine, synthesizer.sample_rate, time.perf_counter() - t)
+    return Engines(recognizer=recognizer, llm=llm, synthesizer=synthesizer)
+
+
+async def warm_up(engines: Engines) -> None:
+    """Run every engine once so the first turn is not slowed by lazy initialisation."""
+    t = time.perf_counter()
+    await asyncio.to_thread(engines.recognizer.warmup)
+    await engines.llm.warmup()
+    await asyncio.to_thread(engines.synthesizer.warmup)
+    log.info("engines warmed up (%.1f s)", time.perf_counter() - t)
