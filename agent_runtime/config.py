@@ -40,9 +40,6 @@ class TurnConfig(_Strict):
     )
     speculative: bool = Field(True, description="start ASR/LLM/TTS at the first pause, before the turn ends")
     barge_in: bool = Field(True, description="let the caller interrupt the agent")
-    barge_in_pause_ms: int = Field(
-        0, ge=0, description="extra caller speech (beyond vad.min_speech_ms) before agent audio pauses"
-    )
     barge_in_min_speech_ms: int = Field(
         500, ge=0, description="caller speech that interrupts the agent (shorter speech resumes it)"
     )
@@ -61,17 +58,22 @@ class ASRConfig(_Strict):
     compute_type: str = Field("int8", description="CTranslate2 compute type")
     cpu_threads: int = Field(2, ge=0, description="threads for the ASR model (0 = library default)")
     language: str | None = Field("en", description="language code, or null to detect")
-    beam_size: int = Field(1, ge=1)
+    beam_size: int = Field(1, ge=1, description="1 = greedy decoding (lowest latency)")
 
 
 class LLMConfig(_Strict):
     backend: str = Field("local", description="entry-point name: local, openai, or a plugin's name")
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the backend's from_options")
-    system_prompt: str = Field("You are a helpful voice assistant. Answer briefly.")
-    max_tokens: int = Field(80, ge=1)
-    temperature: float = Field(0.0, ge=0.0, le=2.0)
+    system_prompt: str = Field(
+        "You are a helpful voice assistant. Answer briefly.", description="the agent's persona and instructions"
+    )
+    max_tokens: int = Field(80, ge=1, description="longest reply in tokens")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature (0 = greedy)")
     first_token_timeout_s: float = Field(8.0, gt=0, description="no first token by then -> fallback line")
-    fallback_line: str = Field("Sorry, I'm having trouble answering right now. Could you say that again?")
+    fallback_line: str = Field(
+        "Sorry, I'm having trouble answering right now. Could you say that again?",
+        description="spoken when the LLM fails, times out or returns nothing",
+    )
 
 
 class TTSConfig(_Strict):
@@ -100,7 +102,9 @@ class CallerTurn(_Strict):
 
 
 class DemoConfig(_Strict):
-    caller_turns: list[CallerTurn] = Field(default_factory=list)
+    caller_turns: list[CallerTurn] = Field(
+        default_factory=list, description="the simulated caller's turns: text (or wav), pause_ms, interrupt_after_ms"
+    )
     caller_voice_length_scale: float = Field(1.0, gt=0, description="piper speed for the caller voice")
     wait_after_reply_ms: int = Field(700, ge=0, description="caller waits this long after the agent stops")
     max_reply_wait_s: float = Field(30.0, gt=0, description="give up waiting for a reply after this")
@@ -156,3 +160,23 @@ def _describe(exc: ValidationError) -> str:
         msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
         parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
+
+
+def describe_config() -> list[tuple[str, str, str]]:
+    """(dotted key, default as YAML, description) for every config key, in declaration order."""
+    rows: list[tuple[str, str, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, key + ".")
+                continue
+            default = field.get_default(call_default_factory=True)
+            shown = yaml.safe_dump(default, default_flow_style=True, width=10_000).strip()
+            shown = shown.removesuffix("\n...").removesuffix("...").strip()
+            rows.append((key, shown, field.description or ""))
+
+    walk(AppConfig, "")
+    return rows
