@@ -1,0 +1,164 @@
+"""A small, readable Llama decoder in PyTorch (gpt-fast style), sized for batch-1 CPU inference.
+
+Weights use llama.cpp's GGUF layout: the converter permutes the rows of Q and K so that rotary
+embedding rotates *adjacent* pairs (x0, x1), (x2, x3), ... instead of HF's two halves; `apply_rope`
+therefore rotates interleaved pairs (as complex numbers) and the GGUF weights are used as stored.
+The KV cache is preallocated for `max_context` positions; `forward` appends to it at `start`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True, slots=True)
+class LlamaConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    hidden_dim: int
+    rope_theta: float
+    norm_eps: float
+    context_length: int
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` without bias or random init: weights are always loaded from the checkpoint."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+class Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        pass
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def rope_table(head_dim: int, length: int, theta: float) -> torch.Tensor:
+    """Complex rotations e^{i * pos * theta^(-2j/d)}, shape (length, head_dim // 2)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.outer(torch.arange(length, dtype=torch.float64), inv_freq)
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+
+
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent pairs of x (T, H, D) by rot (T, D/2)."""
+    xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    return torch.view_as_real(xc * rot[:, None, :]).flatten(-2).type_as(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wqkv = Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim)
+        self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rot: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        start: int,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.wqkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
+        q = apply_rope(q.view(t, self.n_heads, self.hd), rot)
+        k = apply_rope(k.view(t, self.n_kv, self.hd), rot)
+        end = start + t
+        k_cache[:, start:end] = k.transpose(0, 1)
+        v_cache[:, start:end] = v.view(t, self.n_kv, self.hd).transpose(0, 1)
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k_cache[:, :end], v_cache[:, :end], attn_mask=mask, enable_gqa=True
+        )
+        return self.wo(out.transpose(0, 1).reshape(t, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU with gate and up projections fused into one matmul."""
+
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.w13 = Linear(cfg.dim, 2 * cfg.hidden_dim)
+        self.w2 = Linear(cfg.hidden_dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w13(x).chunk(2, -1)
+        return self.w2(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig) -> None:
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = FeedForward(cfg)
+
+
+class Llama(nn.Module):
+    """Decoder-only Llama with tied or separate output head and a preallocated KV cache."""
+
+    def __init__(self, cfg: LlamaConfig, max_context: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.max_context = min(max_context, cfg.context_length)
+        self.tok_embeddings = Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.output = Linear(cfg.dim, cfg.vocab_size)
+        shape = (cfg.n_layers, cfg.n_kv_heads, self.max_context, cfg.head_dim)
+        self.register_buffer("rot", torch.empty(self.max_context, cfg.head_dim // 2, dtype=torch.complex64), persistent=False)
+        self.register_buffer("k_cache", torch.empty(shape), persistent=False)
+        self.register_buffer("v_cache", torch.empty(shape), persistent=False)
+        if self.rot.device.type != "meta":
+            self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """Fill the rope table and zero the KV cache."""
+        with torch.no_grad():
+            self.rot.copy_(rope_table(self.cfg.head_dim, self.max_context, self.cfg.rope_theta))
+            self.k_cache.zero_()
+            self.v_cache.zero_()
+
+    def forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
+        """Feed `tokens` (T,) at positions start..start+T-1; return the last position's logits (vocab,)."""
+        t = tokens.shape[0]
+        end = start + t
+        if end > self.max_context:
+            raise ValueError(f"context overflow: {end} > {self.max_context} positions")
+        mask = None
+        if t > 1:  # causal mask over the cached prefix plus the new block
+            mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
+        rot = self.rot[start:end]
+        x = self.tok_embeddings(tokens)
+        for i, layer in enumerate(self.layers):
+            h = layer.attention_norm(x)
+            x = x + layer.attention(h, rot, self.k_cache[i], self.v_cache[i], start, mask)
+            x = x + layer.feed_forward(layer.ffn_norm(x))
+        return self.output(self.norm(x[-1]))

