@@ -110,6 +110,37 @@ class DemoConfig(_Strict):
     max_reply_wait_s: float = Field(30.0, gt=0, description="give up waiting for a reply after this")
 
 
+class IceServerConfig(_Strict):
+    urls: list[str] = Field(description="stun:/turn:/turns: URLs of one ICE server")
+    username_env: str | None = Field(None, description="environment variable holding the TURN username")
+    credential_env: str | None = Field(None, description="environment variable holding the TURN credential")
+
+
+class ServerConfig(_Strict):
+    host: str = Field("127.0.0.1", description="address `agent-runtime serve` binds to")
+    port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server (0 = any free port)")
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="bearer-token auth on /offer and the phone WebSocket; auto = on unless bound to loopback"
+    )
+    auth_token_env: str = Field("AGENT_RUNTIME_TOKEN", description="environment variable holding the bearer token")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="other origins allowed to call the API from a browser (exact match)"
+    )
+    max_body_bytes: int = Field(65_536, ge=1024, description="largest accepted request body / WebSocket message")
+    max_sessions: int = Field(8, ge=1, description="concurrent calls per process; more get 503 busy")
+    ice_servers: list[IceServerConfig] = Field(
+        default_factory=list, description="STUN/TURN servers for WebRTC (empty = host candidates only, offline)"
+    )
+    loopback_only: bool = Field(
+        False, description="gather only 127.0.0.1 host candidates (offline tests, same-machine calls)"
+    )
+    jitter_buffer_packets: int = Field(
+        0, ge=0, le=8,
+        description="inbound audio packets held before decoding (0 = pass-through; aiortc's default holds 4 = 80 ms)",
+    )
+    shutdown_grace_s: float = Field(10.0, ge=0, description="on shutdown, calls in progress get this long to finish")
+
+
 class AppConfig(_Strict):
     vad: VADConfig = VADConfig()
     turn: TurnConfig = TurnConfig()
@@ -117,6 +148,7 @@ class AppConfig(_Strict):
     llm: LLMConfig = LLMConfig()
     tts: TTSConfig = TTSConfig()
     demo: DemoConfig = DemoConfig()
+    server: ServerConfig = ServerConfig()
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AppConfig:
