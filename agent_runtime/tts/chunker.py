@@ -13,8 +13,14 @@ import re
 from dataclasses import dataclass
 
 _ABBREVIATIONS = frozenset(
-    ["mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "a.m", "p.m", "u.s", "no", "approx", "dept", "inc", "ltd", "co", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mt", "ft"]
-)
+    [
+        "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "vs", "etc", "e.g", "i.e", "a.m", "p.m", "u.s",
+        "approx", "dept", "inc", "ltd", "co", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep",
+        "sept", "oct", "nov", "dec", "mt", "ft",
+    ]
+)  # fmt: skip
+# Abbreviations that are also everyday words: only abbreviations before a number ("No. 5", not "No. I").
+_NUMBER_ABBREVIATIONS = frozenset({"no", "nos", "vol", "pp", "fig"})
 _SENTENCE_END = ".!?。！？…"
 _CLAUSE_END = ",;:、，；："
 _CLOSERS = "\"')]}”’」』"
@@ -81,7 +87,7 @@ class TextChunker:
             is_cjk_punct = ch in "。！？、，；：…"
             if not is_cjk_punct and not nxt.isspace():
                 continue  # "3.5", "1,000", "e.g.x", "U.S.A"
-            if ch == "." and _is_abbreviation(text[:i]):
+            if ch == "." and _is_abbreviation(text[:i], text[end:]):
                 continue
             head = text[:end].strip()
             sentence_end = ch in _SENTENCE_END
@@ -93,12 +99,17 @@ class TextChunker:
         return None
 
 
-def _is_abbreviation(before: str) -> bool:
+def _is_abbreviation(before: str, after: str) -> bool:
+    """Whether the "." ending `before` belongs to an abbreviation (or an initial, "J. Smith")."""
     m = re.search(r"([A-Za-z][A-Za-z.]*)$", before)
     if not m:
         return False
-    word = m.group(1).lower().rstrip(".")
-    return word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha())
+    token = m.group(1).rstrip(".")
+    word = token.lower()
+    if word in _NUMBER_ABBREVIATIONS:
+        return after.lstrip()[:1].isdigit()
+    # A lone capital is an initial, except the pronoun "I" ("Neither am I. But").
+    return word in _ABBREVIATIONS or (len(token) == 1 and token.isupper() and token != "I")
 
 
 def _long_enough_first(head: str, cfg: ChunkerConfig) -> bool:
