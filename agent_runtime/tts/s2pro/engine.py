@@ -1,0 +1,511 @@
+"""Streaming S2-Pro Dual-AR engine (model math lives in model.py, sampling in sampling.py).
+
+    engine = S2ProEngine.load("checkpoints/s2-pro", device="cpu", dtype=torch.bfloat16)
+    voice = VoiceReference.create("reference transcript", codes, voice_id="alice")
+    stream = engine.open_stream(voice=voice, params=SamplingParams(0.8, 0.8, 30), seed=1)
+    for frame in stream.add_text("Hello there."):      # np.ndarray int64 (num_codebooks,)
+        ...
+    async for frame in stream.add_text_async("And a second sentence."):
+        ...
+
+* Prefill once per prompt, then one frame per step; KV caches sized to need (kv_cache.py).
+* Prefix cache: the system turn (voice reference text + codes) is prefilled once per voice
+  (keyed by content hash) and its KV copied into every stream that uses the voice.
+* Continuation: `add_text` on the same stream appends the previous segment's codes as an
+  assistant turn and the new user turn, exactly as the reference's generate_long does between
+  batches, prefilling only those new positions.
+* Outputs are bit-identical to the reference on CPU (see `naive_generate`, the faithful baseline):
+  every shortcut taken here is one that provably or measurably keeps the bits.
+* Cancellation: `stream.cancel()` (any thread) stops generation before the next frame.
+* Async: steps run on the engine's single model worker thread; `_StepScheduler` is the one place
+  where decode steps of concurrent streams could later be batched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from agent_runtime.errors import AgentRuntimeError
+from agent_runtime.tts.s2pro.kv_cache import SlowKVCache, decode_kv_len, prefill_kv_len
+from agent_runtime.tts.s2pro.model import DualARTransformer, LayerKV
+from agent_runtime.tts.s2pro.prompt import PromptBuilder, PromptError, S2ProTokenizer, VoiceReference
+from agent_runtime.tts.s2pro.sampling import (
+    RAS_WINDOW,
+    SamplerStats,
+    SamplerTensors,
+    SamplingParams,
+    aligned_window,
+    reference_sample,
+    sample_window,
+)
+
+# fp32 CPU GEMMs give other bits for 1-3 rows than for >= 4 (measured): never prefill fewer rows.
+MIN_PREFILL_ROWS = 16
+# generate_long refuses prompts longer than max_seq_len - 2048.
+CONTEXT_RESERVE = 2048
+
+
+class StreamCancelled(AgentRuntimeError):
+    """The stream was cancelled."""
+
+
+def _frame_budget(prompt_len: int, max_seq_len: int, max_new_tokens: int) -> int:
+    """Frames the reference may generate (prefill frame included) for a prompt of prompt_len."""
+    if max_new_tokens:
+        return min(max_new_tokens, max_seq_len - prompt_len)
+    return max_seq_len - prompt_len
+
+
+# ---- the faithful naive baseline -------------------------------------------------------------
+
+
+@torch.inference_mode()
+def naive_generate(
+    model: DualARTransformer,
+    prompt: Tensor,
+    im_end_id: int,
+    params: SamplingParams,
+    max_new_tokens: int = 0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The reference `generate()`: full-length static cache, masked attention over every slot,
+    full-vocabulary logits and sorts. Returns (N+1, T + frames) incl. the last (dropped) frame."""
+    cfg = model.cfg
+    n_cb = cfg.num_codebooks
+    prompt_len = prompt.shape[1]
+    if prompt_len >= cfg.max_seq_len:
+        raise PromptError(f"prompt of {prompt_len} positions exceeds max_seq_len {cfg.max_seq_len}")
+    budget = _frame_budget(prompt_len, cfg.max_seq_len, max_new_tokens)
+    caches = [LayerKV.zeros(cfg.slow, cfg.cache_len, model.dtype, model.device) for _ in model.layers]
+    fast_caches = model.new_fast_caches()
+    st = SamplerTensors.create(params, model.dtype, model.device)
+    bias = torch.full((cfg.vocab_size,), float("-inf"), dtype=model.dtype, device=model.device)
+    bias[cfg.semantic_begin_id : cfg.semantic_end_id + 1] = 0.0
+    bias[im_end_id] = 0.0
+
+    def slow_token(normed: Tensor, previous: collections.deque[int] | None) -> int:
+        logits = (model.slow_logits(normed) + bias)[0, -1]
+        tok = reference_sample(logits, st.temperature, st.top_p, st.top_k, generator)
+        tok_hi = reference_sample(logits, st.high_temperature, st.high_top_p, st.top_k, generator)
+        if previous is not None and cfg.semantic_begin_id <= tok <= cfg.semantic_end_id and tok in previous:
+            tok = tok_hi
+        return tok
+
+    def fast_sample(logits: Tensor) -> int:
+        return reference_sample(logits, st.temperature, st.top_p, st.top_k, generator)
+
+    frames: list[Tensor] = []
+    normed, fast_in = model.forward_slow(prompt[None].to(model.device), caches, 0, cfg.cache_len)
+    tok = slow_token(normed, None)
+    frame = _frame_column(tok, _fast_codes(model, fast_in, tok, fast_caches, fast_sample))
+    frames.append(frame)
+    previous: collections.deque[int] = collections.deque([0] * RAS_WINDOW, maxlen=RAS_WINDOW)
+    for i in range(budget - 1):
+        pos = prompt_len + i
+        normed, fast_in = model.forward_slow(
+            frame.view(1, n_cb + 1, 1).to(model.device), caches, pos, cfg.cache_len, math_sdpa=True
+        )
+        tok = slow_token(normed, previous)
+        frame = _frame_column(tok, _fast_codes(model, fast_in, tok, fast_caches, fast_sample))
+        frames.append(frame)
+        previous.append(tok)
+        if tok == im_end_id:
+            break
+    return torch.cat([prompt, torch.stack(frames, dim=1)], dim=1)
+
+
+def _frame_column(token: int, codes: list[int]) -> Tensor:
+    return torch.tensor([token, *codes], dtype=torch.long)
+
+
+def _fast_codes(
+    model: DualARTransformer,
+    fast_in: Tensor,
+    token: int,
+    caches: list[LayerKV],
+    sample: Callable[[Tensor], int],
+) -> list[int]:
+    """Run the fast AR for one frame: position 0 = slow hidden, then codes 1..N-1 sampled."""
+    cfg = model.cfg
+    model.forward_fast(fast_in.view(1, 1, -1), 0, caches)
+    code = min(max(token - cfg.semantic_begin_id, 0), cfg.codebook_size - 1)
+    codes = [code]
+    for k in range(1, cfg.num_codebooks):
+        x = model.fast_embeddings(torch.tensor([code], device=fast_in.device)).view(1, 1, -1)
+        code = sample(model.forward_fast(x, k, caches)[0, -1])
+        codes.append(code)
+    return codes
+
+
+# ---- engine ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _PrefixEntry:
+    values: Tensor  # (N+1, P) prompt values of the prefix
+    kv: list[tuple[Tensor, Tensor]] | None  # per-layer K/V of the P positions (None if too short)
+
+
+class _StepScheduler:
+    """Runs model steps on one worker thread (FIFO). Decode steps of concurrent streams arrive
+    here one by one; a batched implementation would drain the queue and run them together."""
+
+    def __init__(self) -> None:
+        self._queue: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("engine is closed")
+            self._queue.append((fn, fut))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="s2pro-engine", daemon=True)
+                self._thread.start()
+            self._cv.notify()
+        return fut
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closed:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                fn, fut = self._queue.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+
+class S2ProEngine:
+    """Owns the model, tokenizer, prefix cache and worker thread; streams do the generating."""
+
+    def __init__(
+        self, model: DualARTransformer, tokenizer: S2ProTokenizer, *, prefix_cache_size: int = 16
+    ) -> None:
+        cfg = model.cfg
+        if (tokenizer.semantic_begin_id, tokenizer.semantic_end_id) != (cfg.semantic_begin_id, cfg.semantic_end_id):
+            raise ValueError("model and tokenizer disagree on the semantic token ids")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.builder = PromptBuilder(tokenizer, cfg.num_codebooks, cfg.codebook_size)
+        self.im_end_id = tokenizer.im_end_id
+        lo = min(cfg.semantic_begin_id, self.im_end_id)
+        hi = max(cfg.semantic_end_id, self.im_end_id)
+        self._win_off, win_end = aligned_window(lo, hi, cfg.vocab_size)
+        self._head_w = model.output_weight()[self._win_off : win_end]
+        bias = torch.full((win_end - self._win_off,), float("-inf"), dtype=model.dtype, device=model.device)
+        bias[cfg.semantic_begin_id - self._win_off : cfg.semantic_end_id + 1 - self._win_off] = 0.0
+        bias[self.im_end_id - self._win_off] = 0.0
+        self._bias_w = bias
+        self._prefix_cache: collections.OrderedDict[str, _PrefixEntry] = collections.OrderedDict()
+        self._prefix_cache_size = prefix_cache_size
+        self._prefix_lock = threading.Lock()
+        self.prefix_hits = 0
+        self.prefix_misses = 0
+        self.scheduler = _StepScheduler()
+
+    @classmethod
+    def load(
+        cls,
+        checkpoint_dir: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        **kwargs: Any,
+    ) -> S2ProEngine:
+        """Load tokenizer + weights (strict) from a checkpoint directory."""
+        from agent_runtime.tts.s2pro.checkpoint import load_model
+
+        tokenizer = S2ProTokenizer(Path(checkpoint_dir))
+        model = load_model(checkpoint_dir, tokenizer.semantic_begin_id, tokenizer.semantic_end_id, device, dtype)
+        return cls(model, tokenizer, **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def close(self) -> None:
+        self.scheduler.close()
+
+    def open_stream(
+        self,
+        voice: VoiceReference | None = None,
+        *,
+        params: SamplingParams | None = None,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        max_frames: int = 0,
+        use_prefix_cache: bool = True,
+    ) -> S2ProStream:
+        """A new conversation with `voice` (None = no reference).
+
+        Randomness: `generator` if given, else a private generator seeded with `seed`, else torch's
+        global generator (what the reference uses; seed it right before generating).
+        `max_frames` is the reference's max_new_tokens per segment (0 = up to the context end).
+        """
+        if generator is None and seed is not None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed)
+        return S2ProStream(self, voice, params or SamplingParams(), generator, max_frames, use_prefix_cache)
+
+    # -- prefix cache --
+
+    def _prefix(self, voice: VoiceReference | None, use_cache: bool) -> tuple[Tensor, list[tuple[Tensor, Tensor]] | None]:
+        """(values, kv) of the system turn for `voice`; kv None when it must be prefilled inline."""
+        key = voice.content_hash() if voice is not None else "<no-voice>"
+        if use_cache:
+            with self._prefix_lock:
+                entry = self._prefix_cache.get(key)
+                if entry is not None:
+                    self._prefix_cache.move_to_end(key)
+                    self.prefix_hits += 1
+                    return entry.values, entry.kv
+        values = self.builder.system_turn(voice)
+        if not use_cache:
+            return values, None
+        kv = None
+        if values.shape[1] >= MIN_PREFILL_ROWS:
+            cache = SlowKVCache(self.cfg.slow, self.cfg.cache_len, self.model.dtype, self.device, values.shape[1])
+            with torch.inference_mode():
+                self._prefill(cache, values, 0, want_output=False)
+            kv = cache.snapshot(values.shape[1])
+        with self._prefix_lock:
+            self.prefix_misses += 1
+            self._prefix_cache[key] = _PrefixEntry(values, kv)
+            while len(self._prefix_cache) > self._prefix_cache_size:
+                self._prefix_cache.popitem(last=False)
+        return values, kv
+
+    def clear_prefix_cache(self) -> None:
+        with self._prefix_lock:
+            self._prefix_cache.clear()
+
+    # -- model steps (inference mode is set by the callers) --
+
+    def _prefill(
+        self, cache: SlowKVCache, values: Tensor, start: int, want_output: bool = True
+    ) -> tuple[Tensor, Tensor] | None:
+        """Prefill positions [start, start + S) of `values` (N+1, S); returns (normed, fast_in)."""
+        end = start + values.shape[1]
+        cache.ensure(end)
+        kv_len = prefill_kv_len(end, self.cfg.cache_len)
+        cache.ensure(kv_len)
+        normed, fast_in = self.model.forward_slow(values[None].to(self.device), cache.layers, start, kv_len)
+        return (normed, fast_in) if want_output else None
+
+    def _decode(self, cache: SlowKVCache, frame: Tensor, pos: int) -> tuple[Tensor, Tensor]:
+        kv_len = decode_kv_len(pos, self.cfg.cache_len)
+        cache.ensure(kv_len)
+        n = self.cfg.num_codebooks + 1
+        return self.model.forward_slow(frame.view(1, n, 1).to(self.device), cache.layers, pos, kv_len, math_sdpa=True)
+
+    def _slow_token(
+        self,
+        normed: Tensor,
+        previous: collections.deque[int] | None,
+        st: SamplerTensors,
+        generator: torch.Generator | None,
+        stats: SamplerStats,
+    ) -> int:
+        cfg = self.cfg
+        logits = F.linear(normed, self._head_w)[0, -1] + self._bias_w
+        args = (self._win_off, cfg.vocab_size)
+        tok = sample_window(logits, *args, st.temperature, st.top_p, st.top_k, generator, stats)
+        tok_hi = sample_window(logits, *args, st.high_temperature, st.high_top_p, st.top_k, generator, stats)
+        if previous is not None and cfg.semantic_begin_id <= tok <= cfg.semantic_end_id and tok in previous:
+            tok = tok_hi
+        return tok
+
+
+class _Segment:
+    """Generation of one text segment: prefill, then `step()` -> next kept frame or None."""
+
+    def __init__(self, stream: S2ProStream, chunk: Tensor, start: int, max_frames: int) -> None:
+        self.stream = stream
+        self.chunk = chunk
+        self.start = start
+        self.prompt_len = start + chunk.shape[1]
+        cfg = stream.engine.cfg
+        self.budget = _frame_budget(self.prompt_len, cfg.max_seq_len, max_frames)
+        self.index = 0  # frames generated so far
+        self.frame: Tensor | None = None
+        self.previous: collections.deque[int] = collections.deque([0] * RAS_WINDOW, maxlen=RAS_WINDOW)
+        self.done = False
+        self.kept: list[Tensor] = []
+
+    def step(self) -> np.ndarray | None:
+        """Generate the next frame; return its codes if kept, None when the segment is over."""
+        s = self.stream
+        eng = s.engine
+        if self.done:
+            return None
+        if s.cancelled.is_set():
+            self.done = True
+            return None
+        with torch.inference_mode():
+            if self.index == 0:
+                # Never prefill fewer than MIN_PREFILL_ROWS rows: re-run some context rows instead.
+                start = max(0, min(self.start, self.prompt_len - MIN_PREFILL_ROWS))
+                values = torch.cat([s._values[:, start : self.start], self.chunk], dim=1)
+                normed, fast_in = eng._prefill(s.cache, values, start)  # type: ignore[misc]
+                previous = None
+            else:
+                assert self.frame is not None
+                normed, fast_in = eng._decode(s.cache, self.frame, self.prompt_len + self.index - 1)
+                previous = self.previous
+            tok = eng._slow_token(normed, previous, s.sampler, s.generator, s.stats)
+            codes = _fast_codes(eng.model, fast_in, tok, s.fast_caches, s._fast_sample)
+        frame = _frame_column(tok, codes)
+        if self.index > 0:
+            self.previous.append(tok)
+        self.index += 1
+        self.frame = frame
+        is_last = self.index >= self.budget or (self.index > 1 and tok == eng.im_end_id)
+        if is_last:
+            self.done = True
+            return None
+        self.kept.append(frame)
+        return frame[1:].numpy()
+
+
+class S2ProStream:
+    """One conversation (one voice); `add_text` per text segment, continuing the context."""
+
+    def __init__(
+        self,
+        engine: S2ProEngine,
+        voice: VoiceReference | None,
+        params: SamplingParams,
+        generator: torch.Generator | None,
+        max_frames: int,
+        use_prefix_cache: bool,
+    ) -> None:
+        self.engine = engine
+        self.voice = voice
+        self.params = params
+        self.generator = generator
+        self.max_frames = max_frames
+        self.cancelled = threading.Event()
+        self.stats = SamplerStats()
+        model = engine.model
+        self.sampler = SamplerTensors.create(params, model.dtype, model.device)
+        self.fast_caches = model.new_fast_caches()
+        prefix_values, prefix_kv = engine._prefix(voice, use_prefix_cache)
+        self.cache = SlowKVCache(model.cfg.slow, model.cfg.cache_len, model.dtype, model.device, prefix_values.shape[1])
+        self._values = prefix_values  # (N+1, T) everything in the context so far
+        self._prefilled = 0  # positions whose KV came from a prefill (bit-exact context)
+        if prefix_kv is not None:
+            self.cache.restore(prefix_kv)
+            self._prefilled = prefix_values.shape[1]
+        self._pending_codes: Tensor | None = None  # codes of the previous segment, not yet in context
+        self._segment: _Segment | None = None
+        self._lock = threading.Lock()
+        self.segments_codes: list[Tensor] = []
+
+    def _fast_sample(self, logits: Tensor) -> int:
+        n = logits.numel()
+        st = self.sampler
+        return sample_window(logits, 0, n, st.temperature, st.top_p, st.top_k, self.generator, self.stats)
+
+    @property
+    def context_length(self) -> int:
+        return self._values.shape[1]
+
+    def cancel(self) -> None:
+        """Stop the running segment before its next frame (thread-safe)."""
+        self.cancelled.set()
+
+    def _begin(self, text: str, max_frames: int | None) -> _Segment:
+        with self._lock:
+            if self._segment is not None and not self._segment.done:
+                raise RuntimeError("a segment of this stream is still being generated")
+            self._finish_segment()
+            self.cancelled.clear()
+            builder = self.engine.builder
+            parts = []
+            if self._pending_codes is not None:
+                parts.append(builder.assistant_codes_end(self._pending_codes))
+            parts.append(builder.user_turn(text))
+            appended = torch.cat([self._values, *parts], dim=1)
+            limit = self.engine.cfg.max_seq_len - CONTEXT_RESERVE
+            if appended.shape[1] > limit:
+                raise PromptError(
+                    f"prompt is too long: {appended.shape[1]} positions > {limit} (max_seq_len - {CONTEXT_RESERVE}); "
+                    "split the text or open a new stream"
+                )
+            chunk = appended[:, self._prefilled :]
+            segment = _Segment(self, chunk, self._prefilled, self.max_frames if max_frames is None else max_frames)
+            self._values = appended
+            self._prefilled = appended.shape[1]
+            self._pending_codes = None
+            self._segment = segment
+            return segment
+
+    def _finish_segment(self) -> None:
+        seg = self._segment
+        if seg is None:
+            return
+        seg.done = True
+        n_cb = self.engine.cfg.num_codebooks
+        codes = torch.stack(seg.kept, dim=1)[1:] if seg.kept else torch.zeros((n_cb, 0), dtype=torch.long)
+        self.segments_codes.append(codes)
+        self._pending_codes = codes
+        self._segment = None
+
+    def add_text(self, text: str, *, max_frames: int | None = None) -> Iterator[np.ndarray]:
+        """Generate the speech of one text segment as frames (int64 (num_codebooks,)) in the
+        calling thread. The text is used as one user turn (pass `prompt.one_batch_text(text)` for
+        generate_long's speaker-turn normalisation)."""
+        segment = self._begin(text, max_frames)
+        try:
+            while (frame := segment.step()) is not None:
+                yield frame
+        finally:
+            with self._lock:
+                if self._segment is segment:
+                    self._finish_segment()
+
+    async def add_text_async(self, text: str, *, max_frames: int | None = None) -> AsyncIterator[np.ndarray]:
+        """Async version of `add_text`: steps run on the engine's worker thread."""
+        segment = self._begin(text, max_frames)
+        try:
+            while True:
+                frame = await asyncio.wrap_future(self.engine.scheduler.submit(segment.step))
+                if frame is None:
+                    break
+                yield frame
+        finally:
+            with self._lock:
+                if self._segment is segment:
+                    self._finish_segment()
+
+    def generate(self, text: str, *, max_frames: int | None = None) -> np.ndarray:
+        """All kept codes of one segment: int64 (num_codebooks, frames)."""
+        frames = list(self.add_text(text, max_frames=max_frames))
+        n_cb = self.engine.cfg.num_codebooks
+        return np.stack(frames, axis=1) if frames else np.zeros((n_cb, 0), dtype=np.int64)
