@@ -1,0 +1,102 @@
+"""`agent-runtime serve`: the call server (browser WebRTC, Twilio Media Streams, operations)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+log = logging.getLogger("agent_runtime.server")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve calls: WebRTC from browsers, Twilio Media Streams from phones",
+        description=(
+            "Starts the HTTP server: the browser client at /, WebRTC signaling at POST /offer, the Twilio "
+            "Media Streams WebSocket at /twilio, and /healthz, /readyz, /metrics. Engines load in the "
+            "background (/readyz turns 200 when they are ready). SIGTERM/SIGINT drain: new calls get 503, "
+            "calls in progress get server.shutdown_grace_s to finish. See docs/server.md."
+        ),
+    )
+    p.add_argument("--host", default=None, help="bind address (default: server.host, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default: server.port, 8080; 0 = any)")
+    p.add_argument("--config", type=Path, default=None, help="YAML config (default: built-in defaults)")
+    p.add_argument(
+        "--instant-engines", action="store_true",
+        help="answer with instant stand-in engines (fixed transcript, reply and tone): for testing and overhead",
+    )
+    p.add_argument(
+        "--loopback-only", action="store_true", help="offer only 127.0.0.1 ICE candidates (server.loopback_only)"
+    )
+    p.set_defaults(func=_run)
+
+
+def instant_engines():
+    """Stand-in engines that answer at once (see agent_runtime/bench/instant.py)."""
+    from agent_runtime.bench.instant import InstantLLM, InstantRecognizer, InstantSynthesizer
+    from agent_runtime.turn.session import Engines
+
+    return Engines(recognizer=InstantRecognizer(), llm=InstantLLM(), synthesizer=InstantSynthesizer())
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent_runtime.config import load_config
+
+    overrides: dict = {"server": {}}
+    if args.host is not None:
+        overrides["server"]["host"] = args.host
+    if args.port is not None:
+        overrides["server"]["port"] = args.port
+    if args.loopback_only:
+        overrides["server"]["loopback_only"] = True
+    config = load_config(args.config, overrides)
+    return asyncio.run(serve(config, instant=args.instant_engines))
+
+
+async def serve(config, *, instant: bool = False, ready: asyncio.Event | None = None) -> int:
+    """Run the server until SIGINT/SIGTERM, then drain and stop."""
+    from aiohttp import web
+
+    from agent_runtime.server.app import CallServer
+
+    if instant:
+        load = instant_engines
+    else:
+        from agent_runtime.engines import build_engines
+
+        def load():
+            return build_engines(config)
+
+    server = CallServer(config, load)
+    runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    s = config.server
+    site = web.TCPSite(runner, s.host, s.port)
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else s.port
+    auth = "bearer token required" if server.token else "no auth (loopback)"
+    print(f"agent-runtime serve: http://{s.host}:{port}/  ({auth}; engines loading, see /readyz)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down: refusing new calls, %d in progress", len(server.calls))
+    await server.drain(s.shutdown_grace_s)
+    await runner.cleanup()
+    if server.engines is not None:
+        with _suppress():
+            await server.engines.llm.aclose()
+    return 0
+
+
+def _suppress():
+    import contextlib
+
+    return contextlib.suppress(Exception)

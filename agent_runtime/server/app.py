@@ -1,0 +1,316 @@
+"""The call server: WebRTC signaling, the Twilio media WebSocket, the browser page and operations.
+
+Routes: `GET /` (browser client), `POST /offer` (WebRTC offer -> answer), `GET /twilio` (Twilio Media
+Streams WebSocket), `GET /healthz`, `GET /readyz`, `GET /metrics`. Each call is a `Session` of the
+voice loop on the shared engines; `CallServer.drain()` stops accepting and lets calls finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection
+
+from agent_runtime.config import AppConfig
+from agent_runtime.server.metrics import ServerMetrics
+from agent_runtime.server.security import (
+    bearer,
+    cors_middleware,
+    error_middleware,
+    json_error,
+    resolve_token,
+    token_matches,
+    unauthorized,
+)
+from agent_runtime.transport.base import Transport
+from agent_runtime.transport.twilio import CLOSE_POLICY, TwilioTransport
+from agent_runtime.transport.webrtc import (
+    WebRTCTransport,
+    ice_servers_from_config,
+    use_loopback_host_candidates,
+)
+from agent_runtime.turn.session import Engines, Session, SessionEvent
+
+log = logging.getLogger("agent_runtime.server")
+STATIC_DIR = Path(__file__).parent / "static"
+ICE_CONNECT_TIMEOUT_S = 30.0
+
+
+@dataclass
+class Call:
+    """One call in progress."""
+
+    call_id: str
+    kind: str  # webrtc | twilio
+    transport: Transport | None = None
+    session: Session | None = None
+    task: asyncio.Task[None] | None = None
+    channel: Any = None  # the WebRTC data channel the page listens on
+    started: float = field(default_factory=time.monotonic)
+
+    def send_event(self, event: dict[str, Any]) -> None:
+        ch = self.channel
+        if ch is not None and ch.readyState == "open":
+            with contextlib.suppress(Exception):
+                ch.send(json.dumps(event, separators=(",", ":")))
+
+
+def event_to_json(event: SessionEvent) -> dict[str, Any]:
+    """A session event as the browser page gets it."""
+    data = dict(event.data)
+    if event.kind == "turn":
+        m = data.pop("metrics")
+        data = {
+            "turn_id": m.turn_id,
+            "voice_to_voice_ms": None if m.voice_to_voice is None else round(m.voice_to_voice * 1000, 1),
+            "stages_ms": m.relative_ms(),
+            "user_text": m.user_text,
+            "agent_text": m.agent_text,
+            "interrupted": m.interrupted,
+        }
+    return {"kind": event.kind, "session_id": event.session_id, **data}
+
+
+class CallServer:
+    """Owns the aiohttp application, the engines and the calls in progress."""
+
+    def __init__(
+        self,
+        config: AppConfig,
+        load_engines: Callable[[], Engines],
+        *,
+        host: str | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.server_config = config.server
+        self.host = host or config.server.host
+        self.environ = dict(os.environ if environ is None else environ)
+        self.token = resolve_token(config.server, self.host, self.environ)
+        self._load_engines = load_engines
+        self.engines: Engines | None = None
+        self.engine_error: str | None = None
+        self.calls: dict[str, Call] = {}
+        self.draining = False
+        self.metrics = ServerMetrics()
+        self._loader: asyncio.Task[None] | None = None
+        if config.server.loopback_only:
+            use_loopback_host_candidates(True)
+        self.app = self._build_app()
+
+    # -- application ------------------------------------------------------------------------------
+    def _build_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.server_config.max_body_bytes,
+            middlewares=[error_middleware, cors_middleware(self.server_config.cors_origins)],
+        )
+        app.router.add_get("/", self._index)
+        app.router.add_static("/static/", STATIC_DIR, show_index=False)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/offer", self._offer)
+        app.router.add_route("OPTIONS", "/offer", self._preflight)
+        app.router.add_get("/twilio", self._twilio)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self._loader = asyncio.create_task(self._load(), name="load-engines")
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        await self.drain(self.server_config.shutdown_grace_s)
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+
+    async def _load(self) -> None:
+        t = time.perf_counter()
+        try:
+            self.engines = await asyncio.to_thread(self._load_engines)
+        except Exception as exc:
+            self.engine_error = f"{type(exc).__name__}: {exc}"
+            self.metrics.errors.inc("engine_load")
+            log.exception("loading the engines failed")
+            return
+        log.info("engines ready in %.1f s: accepting calls", time.perf_counter() - t)
+
+    # -- operations -------------------------------------------------------------------------------
+    async def _index(self, _request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        if self.draining:
+            return json_error(503, "shutting down")
+        if self.engines is None:
+            return json_error(503, self.engine_error or "engines are loading")
+        return web.json_response({"status": "ready", "sessions": len(self.calls)})
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        for kind in ("webrtc", "twilio"):
+            self.metrics.active_sessions.set(sum(c.kind == kind for c in self.calls.values()), kind)
+        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Prometheus-Format": "0.0.4"})
+
+    async def _preflight(self, _request: web.Request) -> web.Response:
+        return web.Response(status=204)  # cross-origin preflights are answered by the CORS middleware
+
+    def _admit(self, kind: str) -> tuple[Call | None, web.Response | None]:
+        """Reserve a call slot, or say why not (503)."""
+        if self.draining:
+            self.metrics.rejected.inc("draining")
+            return None, json_error(503, "server is shutting down; call another instance", **{"Retry-After": "5"})
+        if self.engines is None:
+            self.metrics.rejected.inc("not_ready")
+            return None, json_error(503, "not ready: engines are still loading", **{"Retry-After": "5"})
+        limit = self.server_config.max_sessions
+        if len(self.calls) >= limit:
+            self.metrics.rejected.inc("busy")
+            return None, json_error(
+                503, f"busy: all {limit} call slots are in use; try again shortly", **{"Retry-After": "5"}
+            )
+        call = Call(uuid.uuid4().hex[:12], kind)
+        self.calls[call.call_id] = call
+        return call, None
+
+    # -- WebRTC -----------------------------------------------------------------------------------
+    async def _offer(self, request: web.Request) -> web.Response:
+        if self.token is not None and not token_matches(bearer(request), self.token):
+            return unauthorized()
+        raw = await request.read()
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return json_error(400, f"body is not valid JSON: {exc}")
+        if not isinstance(body, dict):
+            return json_error(400, 'body must be a JSON object {"sdp": ..., "type": "offer"}')
+        if body.get("type") != "offer":
+            return json_error(400, f'"type" must be "offer", got {body.get("type")!r}')
+        sdp = body.get("sdp")
+        if not isinstance(sdp, str) or not sdp.lstrip().startswith("v=0"):
+            return json_error(400, 'malformed SDP: "sdp" must be a session description starting with "v=0"')
+        if "m=audio" not in sdp:
+            return json_error(400, "malformed SDP: the offer has no audio media section (m=audio)")
+        call, refusal = self._admit("webrtc")
+        if call is None:
+            return refusal  # type: ignore[return-value]
+        s = self.server_config
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers_from_config(s.ice_servers, self.environ)))
+        transport = WebRTCTransport(pc, jitter_buffer_packets=s.jitter_buffer_packets)
+        call.transport = transport
+        pc.on("datachannel", lambda ch: self._on_channel(call, ch))
+        try:
+            answer = await transport.accept(sdp)
+        except Exception as exc:
+            self.calls.pop(call.call_id, None)
+            await transport.close()
+            return json_error(400, f"malformed SDP: {type(exc).__name__}: {exc}")
+        self._start(call, transport)
+        return web.json_response({"sdp": answer, "type": "answer", "session_id": call.call_id})
+
+    def _on_channel(self, call: Call, channel: Any) -> None:
+        call.channel = channel
+
+        def opened() -> None:
+            call.send_event({"kind": "session", "session_id": call.call_id})
+
+        if channel.readyState == "open":
+            opened()
+        else:
+            channel.on("open", opened)
+
+    # -- Twilio -----------------------------------------------------------------------------------
+    async def _twilio(self, request: web.Request) -> web.StreamResponse:
+        header_ok = self.token is None or token_matches(bearer(request), self.token)
+        if bearer(request) is not None and not header_ok:
+            return unauthorized()
+        call, refusal = self._admit("twilio")
+        if call is None:
+            return refusal  # type: ignore[return-value]
+        ws = web.WebSocketResponse(max_msg_size=self.server_config.max_body_bytes, autoping=True)
+        try:
+            await ws.prepare(request)
+            transport = TwilioTransport(ws)
+            call.transport = transport
+            info = await transport.start()
+            if info is None:
+                return ws
+            if not header_ok and not token_matches(info.custom_parameters.get("token"), self.token or ""):
+                await transport.close(CLOSE_POLICY, "unauthorized")
+                return ws
+            log.info("twilio call %s: stream %s", info.call_sid or "-", info.stream_sid)
+            self._start(call, transport)
+            assert call.task is not None
+            await asyncio.shield(call.task)
+        finally:
+            if call.task is None:
+                self.calls.pop(call.call_id, None)
+        return ws
+
+    # -- calls --------------------------------------------------------------------------------------
+    def _start(self, call: Call, transport: Transport) -> None:
+        assert self.engines is not None
+
+        def on_event(event: SessionEvent) -> None:
+            self.metrics.observe_event(event.kind, event.data)
+            call.send_event(event_to_json(event))
+
+        call.session = Session(self.config, self.engines, transport, on_event=on_event, session_id=call.call_id)
+        self.metrics.sessions.inc(call.kind)
+        call.task = asyncio.create_task(self._run(call), name=f"call-{call.call_id}")
+
+    async def _run(self, call: Call) -> None:
+        assert call.session is not None and call.transport is not None
+        watchdog = None
+        if isinstance(call.transport, WebRTCTransport):
+            watchdog = asyncio.create_task(self._watch_ice(call.transport))
+        try:
+            await call.session.run()
+        except Exception:
+            self.metrics.errors.inc("session")
+            log.exception("call %s failed", call.call_id)
+        finally:
+            if watchdog is not None:
+                watchdog.cancel()
+                await asyncio.gather(watchdog, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await call.transport.close()
+            self.calls.pop(call.call_id, None)
+            log.info("call %s ended after %.1f s", call.call_id, time.monotonic() - call.started)
+
+    async def _watch_ice(self, transport: WebRTCTransport) -> None:
+        """Hang up a WebRTC call whose connection never came up."""
+        await asyncio.sleep(ICE_CONNECT_TIMEOUT_S)
+        if transport.pc.connectionState != "connected":
+            log.warning("WebRTC peer never connected; hanging up")
+            await transport.close()
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop accepting calls, give the calls in progress `grace_s` to end, then hang them up."""
+        self.draining = True
+        tasks = [c.task for c in self.calls.values() if c.task is not None]
+        if tasks:
+            log.info("draining: waiting up to %.0f s for %d call(s)", grace_s, len(tasks))
+            _done, pending = await asyncio.wait(tasks, timeout=grace_s)
+            for call in list(self.calls.values()):
+                if call.transport is not None and call.task in pending:
+                    await call.transport.close()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
+        for call in list(self.calls.values()):  # admitted but never started (signaling in flight)
+            if call.transport is not None:
+                await call.transport.close()

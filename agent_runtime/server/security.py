@@ -1,0 +1,112 @@
+"""Bearer-token auth, CORS and JSON errors for the call server."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from agent_runtime.config import ServerConfig
+from agent_runtime.errors import ConfigError
+
+log = logging.getLogger("agent_runtime.server")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, message: str, **headers: str) -> web.Response:
+    """An error answer: `{"error": message}` with the given HTTP status."""
+    return web.Response(
+        status=status, text=json.dumps({"error": message}), content_type="application/json", headers=headers
+    )
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(config: ServerConfig, host: str, environ: dict[str, str]) -> str | None:
+    """The token signaling requires, or None when auth is off. Raises ConfigError if it is missing."""
+    required = config.auth == "on" or (config.auth == "auto" and not is_loopback_host(host))
+    if not required:
+        return None
+    token = environ.get(config.auth_token_env, "").strip()
+    if not token:
+        why = "server.auth is on" if config.auth == "on" else f"the server binds to non-loopback address {host}"
+        raise ConfigError(
+            f"{why}, so signaling needs a bearer token: set the environment variable {config.auth_token_env} "
+            "(or server.auth: off to run without one, only behind your own auth proxy)"
+        )
+    return token
+
+
+def token_matches(presented: str | None, expected: str) -> bool:
+    return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+def bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def unauthorized() -> web.Response:
+    return json_error(
+        401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')", **{"WWW-Authenticate": "Bearer"}
+    )
+
+
+def _same_origin(request: web.Request, origin: str) -> bool:
+    return origin == f"{request.scheme}://{request.host}"
+
+
+def cors_middleware(allowed: list[str]) -> Callable:
+    """Only same-origin pages and `allowed` origins may call the API; preflights are answered here."""
+    allowed_set = set(allowed)
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        if origin is None or _same_origin(request, origin):
+            return await handler(request)
+        if origin not in allowed_set:
+            if request.method in ("GET", "HEAD") and request.headers.get("Upgrade", "").lower() != "websocket":
+                return await handler(request)  # the browser withholds the response: no CORS headers
+            return json_error(403, f"origin {origin} is not allowed (server.cors_origins)")
+        cors = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+        if request.method == "OPTIONS":
+            cors |= {
+                "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type",
+                "Access-Control-Max-Age": "600",
+            }
+            return web.Response(status=204, headers=cors)
+        response = await handler(request)
+        response.headers.update(cors)
+        return response
+
+    return middleware
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HTTP errors as JSON with a clear message; unexpected errors as a logged 500."""
+    try:
+        return await handler(request)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return json_error(413, f"request body too large (limit {exc.max_size} bytes, server.max_body_bytes)")
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason)
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return json_error(500, "internal server error")
