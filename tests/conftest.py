@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agent_runtime.config import load_config
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
 S2PRO_FIXTURES = SHARED_DIR / "fixtures" / "s2pro"
@@ -23,26 +21,38 @@ def s2pro_fixtures() -> Path:
 
 
 @pytest.fixture(scope="session")
-def real_engines():
-    from agent_runtime.engines import build_engines
+def real_engines(piper_voice):
+    """The embedded engines: Whisper tiny.en, SmolLM2-135M in process, the piper joe voice."""
+    from agent_runtime.asr.whisper import WhisperRecognizer
+    from agent_runtime.llm.local import LocalLLMBackend
+    from agent_runtime.turn.session import Engines
 
-    config = load_config(None, {"llm": {"max_tokens": 40}})
-    engines = build_engines(config)
-    engines.recognizer.warmup()
-    engines.synthesizer.warmup()
-    return engines
+    recognizer = WhisperRecognizer("tiny.en", cpu_threads=2)
+    recognizer.warmup()
+    llm = LocalLLMBackend.from_options()
+    asyncio.run(llm.warmup())
+    return Engines(recognizer, llm, piper_voice)
 
 
 @pytest.fixture(scope="session")
-def say(real_engines):
-    """Text -> int16 16 kHz caller speech, synthesised with piper (cached per text)."""
+def piper_voice():
+    from agent_runtime.tts.piper_engine import PiperSynthesizer
+
+    return PiperSynthesizer(noise_scale=0.0, noise_w_scale=0.0)
+
+
+@pytest.fixture(scope="session")
+def say(piper_voice):
+    """Text -> int16 16 kHz caller speech, synthesised with piper (deterministic, cached per text)."""
+    from agent_runtime.audio.frame import float_to_pcm16
+    from agent_runtime.audio.resample import resample
+
     cache: dict[str, np.ndarray] = {}
 
     def _say(text: str) -> np.ndarray:
         if text not in cache:
-            from agent_runtime.demo.run import synthesize_text
-
-            cache[text] = asyncio.run(synthesize_text(real_engines.synthesizer, text))
+            audio = piper_voice.synthesize_text(text)
+            cache[text] = float_to_pcm16(resample(audio, piper_voice.sample_rate, 16_000))
         return cache[text]
 
     return _say

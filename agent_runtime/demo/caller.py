@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from agent_runtime.audio.frame import AudioFrame
+from agent_runtime.audio.resample import resample
 from agent_runtime.transport.loopback import LoopbackTransport
 
 log = logging.getLogger("agent_runtime.demo")
@@ -25,13 +27,18 @@ class UtteranceTiming:
 
 
 class SimulatedCaller:
-    """Streams a microphone (speech or silence) in real-time 20 ms frames at 16 kHz."""
+    """Streams a microphone (speech or silence) in real-time 20 ms frames.
 
-    rate = 16_000
+    `say()` takes 16 kHz mono audio; the microphone runs at `rate` with `channels` (the audio is
+    resampled and duplicated), like a browser's 48 kHz stereo capture.
+    """
+
     frame_ms = 20
 
-    def __init__(self, transport: LoopbackTransport) -> None:
+    def __init__(self, transport: LoopbackTransport, rate: int = 16_000, channels: int = 1) -> None:
         self.transport = transport
+        self.rate = rate
+        self.channels = channels
         self._queue: list[np.ndarray] = []
         self._idle = asyncio.Event()
         self._idle.set()
@@ -56,7 +63,8 @@ class SimulatedCaller:
         buf = np.zeros(0, dtype=np.int16)
         while True:
             due = self.t0 + n * self.frame_ms / 1000
-            delay = due - time.monotonic()
+            # A microphone delivers a frame once its last sample has been captured.
+            delay = due + self.frame_ms / 1000 - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             if len(buf) == 0 and self._queue:
@@ -69,11 +77,14 @@ class SimulatedCaller:
             else:
                 pcm = silence
                 self._idle.set()
+            if self.channels > 1:
+                pcm = np.repeat(pcm[:, None], self.channels, axis=1)
             self.transport.caller_send(AudioFrame(pcm, self.rate, due))
             n += 1
 
     async def say(self, pcm: np.ndarray) -> tuple[float, float]:
         """Play `pcm` (int16 16 kHz) into the call; returns its (start, end) on the runtime clock."""
+        pcm = resample(pcm, 16_000, self.rate)
         await self._idle.wait()
         self._idle.clear()
         start = self._next_frame_time()
@@ -88,8 +99,11 @@ class SimulatedCaller:
         k = int(elapsed * 1000 // self.frame_ms) + 1
         return self.t0 + k * self.frame_ms / 1000
 
-    async def wait_for_reply(self, after: float, quiet_ms: int, timeout: float) -> float | None:
-        """Wait for agent audio after `after`, then for `quiet_ms` without agent audio.
+    async def wait_for_reply(
+        self, after: float, quiet_ms: int, timeout: float, agent_busy: Callable[[], bool] | None = None
+    ) -> float | None:
+        """Wait for agent audio after `after`, then for `quiet_ms` without agent audio (and, when
+        `agent_busy` is given, until it says the agent is done: a slow reply may pause mid-way).
 
         Returns when the agent audio started (None if it never came within `timeout`).
         """
@@ -97,7 +111,7 @@ class SimulatedCaller:
         started = None
         while time.monotonic() < deadline:
             started = started or self.transport.agent_audio_after(after)
-            if started is not None:
+            if started is not None and not (agent_busy and agent_busy()):
                 last = self.transport.agent_last_audio_end() or started
                 if time.monotonic() - last >= quiet_ms / 1000:
                     return started

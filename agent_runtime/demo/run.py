@@ -68,13 +68,17 @@ async def prepare_caller(turns: list[CallerTurn], synth: Synthesizer) -> list[Ca
     return lines
 
 
-async def run_call(config: AppConfig, engines: Engines, lines: list[CallerLine]) -> DemoResult:
-    """Run the whole call in real time; returns metrics, history and timings."""
+async def run_call(
+    config: AppConfig, engines: Engines, lines: list[CallerLine], *, mic_rate: int = RATE, mic_channels: int = 1
+) -> DemoResult:
+    """Run the whole call in real time; returns metrics, history and timings.
+
+    The caller's microphone runs at `mic_rate` with `mic_channels` (the session resamples)."""
     transport = LoopbackTransport(output_sample_rate=RATE)
     metrics = MetricsCollector()
     events: list[SessionEvent] = []
     session = Session(config, engines, transport, metrics=metrics, on_event=events.append, session_id="demo")
-    caller = SimulatedCaller(transport)
+    caller = SimulatedCaller(transport, rate=mic_rate, channels=mic_channels)
     utterances: list[UtteranceTiming] = []
     demo = config.demo
 
@@ -96,7 +100,7 @@ async def run_call(config: AppConfig, engines: Engines, lines: list[CallerLine])
             nxt = lines[i + 1] if i + 1 < len(lines) else None
             if nxt is None or nxt.turn.interrupt_after_ms is None:
                 utt.agent_audio_start = await caller.wait_for_reply(
-                    end, demo.wait_after_reply_ms, demo.max_reply_wait_s
+                    end, demo.wait_after_reply_ms, demo.max_reply_wait_s, lambda: session.busy
                 )
         await caller.stop()
 

@@ -9,12 +9,14 @@ the agent within a frame. Both directions are recorded on one timeline for a ste
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from agent_runtime.audio.frame import AudioFrame
+from agent_runtime.audio.resample import resample
 from agent_runtime.transport.base import Transport
 
 
@@ -83,7 +85,10 @@ class LoopbackTransport(Transport):
     # -- caller side -------------------------------------------------------------------------
     def caller_send(self, frame: AudioFrame) -> None:
         """The caller's microphone produced `frame` (timestamped with its capture time)."""
-        self.caller_track.frames.append((frame.timestamp, frame.mono().pcm))
+        mono = frame.mono()
+        if mono.sample_rate != self.output_sample_rate:  # the recording is at one rate
+            mono = AudioFrame(resample(mono.pcm, mono.sample_rate, self.output_sample_rate), self.output_sample_rate)
+        self.caller_track.frames.append((frame.timestamp, mono.pcm))
         self._inbound.put_nowait(frame)
 
     def caller_hang_up(self) -> None:
@@ -105,10 +110,8 @@ class LoopbackTransport(Transport):
     async def wait_agent_audio(self, timeout: float) -> None:
         """Wait until the agent sends another frame (or the timeout passes)."""
         async with self._agent_audio:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._agent_audio.wait(), timeout)
-            except TimeoutError:
-                pass
 
     def recording(self, t0: float, t1: float, rate: int = 16_000) -> np.ndarray:
         """Stereo int16 (caller left, agent right) from t0 to t1 at `rate` (tracks must be at `rate`)."""

@@ -110,6 +110,11 @@ class Session:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._backchannels = {re.sub(r"[^a-z ]", "", b.lower()).strip() for b in config.turn.backchannels}
 
+    @property
+    def busy(self) -> bool:
+        """True while the caller is talking or a reply is being prepared or spoken."""
+        return self._reply is not None or self._endpointer.in_speech
+
     # -- main loop -------------------------------------------------------------------------------
     async def run(self) -> None:
         """Process the call until the caller hangs up; then cancel whatever is in flight."""
@@ -197,7 +202,7 @@ class Session:
             self._reply = None
             self._set_state(TurnState.LISTENING)
             return
-        reply.commit(now)
+        reply.commit(time.monotonic())
         self._spawn(self._follow(reply))
 
     async def _follow(self, reply: Reply) -> None:

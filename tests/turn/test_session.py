@@ -99,3 +99,11 @@ def test_non_speech_makes_no_turn(real_engines) -> None:
     result = asyncio.run(run_call(config, real_engines, [line]))
     assert result.metrics.turns == []
     assert result.session.history == []
+
+
+def test_48khz_stereo_caller_is_resampled(real_engines, say) -> None:
+    result = asyncio.run(
+        run_call(fast_config(), real_engines, [_line(say, "Do you deliver on weekends?")], mic_rate=48_000, mic_channels=2)
+    )
+    (turn,) = result.metrics.turns
+    assert _words(turn.user_text) == _words("Do you deliver on weekends?")

@@ -1,0 +1,131 @@
+"""A dead, hanging or failing LLM, and a caller who hangs up mid-reply, never kill the session."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+
+import numpy as np
+from aiohttp import web
+
+from agent_runtime.config import CallerTurn
+from agent_runtime.demo.caller import SimulatedCaller
+from agent_runtime.demo.run import CallerLine, run_call
+from agent_runtime.llm.openai_compat import OpenAICompatBackend
+from agent_runtime.transport.loopback import LoopbackTransport
+from agent_runtime.turn.session import Engines, Session
+from tests.turn.conftest import fast_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _engines_with_llm(real_engines: Engines, llm) -> Engines:
+    return Engines(real_engines.recognizer, llm, real_engines.synthesizer)
+
+
+def _two_turns(say) -> list[CallerLine]:
+    texts = ["What time do you open tomorrow?", "Do you deliver on weekends?"]
+    return [CallerLine(CallerTurn(text=t), [say(t)]) for t in texts]
+
+
+def test_dead_llm_server_speaks_fallback_and_keeps_going(real_engines, say) -> None:
+    llm = OpenAICompatBackend(base_url=f"http://127.0.0.1:{_free_port()}/v1", model="x", timeout_s=2.0)
+    config = fast_config()
+    result = asyncio.run(run_call(config, _engines_with_llm(real_engines, llm), _two_turns(say)))
+    assert len(result.metrics.turns) == 2
+    for turn in result.metrics.turns:
+        assert turn.llm_error
+        assert turn.agent_text == config.llm.fallback_line
+        assert turn.first_audio_out is not None  # the fallback line was spoken
+    assert np.abs(result.recording[:, 1]).max() > 1000
+
+
+def test_hanging_llm_server_times_out_to_fallback(real_engines, say) -> None:
+    """A server that accepts the request and never answers: the first-token timeout speaks the fallback."""
+    port = _free_port()
+    started = threading.Event()
+    stop = threading.Event()
+
+    async def hang(request: web.Request) -> web.StreamResponse:
+        await asyncio.sleep(3600)
+        return web.Response()
+
+    def serve() -> None:
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_post("/v1/chat/completions", hang)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            started.set()
+            while not stop.is_set():
+                await asyncio.sleep(0.05)
+            await runner.cleanup()
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    started.wait(5)
+    try:
+        llm = OpenAICompatBackend(base_url=f"http://127.0.0.1:{port}/v1", model="x", timeout_s=30.0)
+        config = fast_config(llm={"first_token_timeout_s": 1.5})
+        line = [_two_turns(say)[0]]
+        result = asyncio.run(run_call(config, _engines_with_llm(real_engines, llm), line))
+        (turn,) = result.metrics.turns
+        assert turn.agent_text == config.llm.fallback_line
+        assert turn.first_audio_out - turn.user_speech_end < 4.0
+    finally:
+        stop.set()
+        thread.join(5)
+
+
+class _ExplodingLLM(OpenAICompatBackend):
+    async def stream_chat(self, messages, options):  # type: ignore[override]
+        yield "Let me "
+        raise RuntimeError("plugin bug")
+
+
+def test_backend_raising_mid_stream_keeps_session_up(real_engines, say) -> None:
+    result = asyncio.run(run_call(fast_config(), _engines_with_llm(real_engines, _ExplodingLLM()), _two_turns(say)))
+    assert len(result.metrics.turns) == 2
+    assert all("plugin bug" in (t.llm_error or "") for t in result.metrics.turns)
+
+
+async def _call_and_hang_up(config, engines: Engines, speech: np.ndarray) -> Session:
+    transport = LoopbackTransport()
+    session = Session(config, engines, transport)
+    caller = SimulatedCaller(transport)
+    await caller.start()
+    task = asyncio.create_task(session.run())
+    _, end = await caller.say(speech)
+    assert await caller.wait_for_agent_audio(end, 20.0) is not None
+    await asyncio.sleep(0.4)
+    await caller.stop()  # hang up while the agent is talking
+    await asyncio.wait_for(task, 5.0)
+    return session
+
+
+def test_hang_up_mid_reply_ends_every_task(real_engines, say) -> None:
+    config = fast_config(llm={"max_tokens": 80, "system_prompt": "Answer with at least four long sentences."})
+    speech = say("Tell me about your return policy.")
+
+    async def main() -> tuple[int, int]:
+        before = len(asyncio.all_tasks())
+        threads_before = threading.active_count()
+        for _ in range(3):
+            session = await _call_and_hang_up(config, real_engines, speech)
+            (turn,) = session.metrics.turns
+            assert turn.interrupted  # cut short by the hang-up, history says what was heard
+            assert session.history[-1].interrupted
+        await asyncio.sleep(0.2)
+        return len(asyncio.all_tasks()) - before, threading.active_count() - threads_before
+
+    extra_tasks, extra_threads = asyncio.run(main())
+    assert extra_tasks == 0
+    assert extra_threads <= 4  # the default executor's idle workers may stay, nothing else
