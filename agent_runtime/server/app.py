@@ -113,7 +113,7 @@ class CallServer:
     def _build_app(self) -> web.Application:
         app = web.Application(
             client_max_size=self.server_config.max_body_bytes,
-            middlewares=[error_middleware, cors_middleware(self.server_config.cors_origins)],
+            middlewares=[error_middleware(self.server_config.max_body_bytes), cors_middleware(self.server_config.cors_origins)],
         )
         app.router.add_get("/", self._index)
         app.router.add_static("/static/", STATIC_DIR, show_index=False)

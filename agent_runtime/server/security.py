@@ -96,17 +96,21 @@ def cors_middleware(allowed: list[str]) -> Callable:
     return middleware
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def error_middleware(max_body_bytes: int) -> Callable:
     """HTTP errors as JSON with a clear message; unexpected errors as a logged 500."""
-    try:
-        return await handler(request)
-    except web.HTTPRequestEntityTooLarge as exc:
-        return json_error(413, f"request body too large (limit {exc.max_size} bytes, server.max_body_bytes)")
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return json_error(exc.status, exc.reason)
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return json_error(500, "internal server error")
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, f"request body too large (limit {max_body_bytes} bytes, server.max_body_bytes)")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return json_error(exc.status, exc.reason)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return json_error(500, "internal server error")
+
+    return middleware

@@ -59,6 +59,12 @@ class WebRTCCaller:
         await self.accept_answer(data["sdp"])
         return data
 
+    async def connected(self, timeout: float = 10.0) -> None:
+        """Wait until the peer connection is up (ICE and DTLS done)."""
+        async with asyncio.timeout(timeout):
+            while self.pc.connectionState != "connected":
+                await asyncio.sleep(0.01)
+
     # -- media ------------------------------------------------------------------------------------
     def play(self, pcm: np.ndarray, rate: int) -> None:
         """Queue int16 mono audio for the microphone (played in real time, after what is queued)."""
