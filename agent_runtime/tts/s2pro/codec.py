@@ -44,6 +44,17 @@ class StreamCache:
     def clear(self) -> None:
         self._store.clear()
 
+    def copy(self) -> StreamCache:
+        """A copy whose tensors are cloned (the two caches evolve independently)."""
+        other = StreamCache()
+        for key, value in self._store.items():
+            if isinstance(value, Tensor):
+                value = value.clone()
+            elif isinstance(value, tuple):
+                value = tuple(t.clone() if isinstance(t, Tensor) else t for t in value)
+            other._store[key] = value
+        return other
+
     def tensors(self) -> list[Tensor]:
         """Every tensor held (for state-size accounting)."""
         out: list[Tensor] = []

@@ -130,6 +130,17 @@ class CodecStreamDecoder:
             raise ValueError(f"codes must have shape ({self.codec.num_codebooks}, n>0), got {tuple(t.shape)}")
         return self._decode(t)
 
+    def fork(self) -> CodecStreamDecoder:
+        """An independent decoder continuing from this one's state (e.g. to try alternatives)."""
+        other = CodecStreamDecoder(self.codec, self.first_chunk_frames, self.chunk_frames)
+        other._cache = self._cache.copy()
+        other._pending = [t.clone() for t in self._pending]
+        other._n_pending = self._n_pending
+        other.frames_decoded = self.frames_decoded
+        other.chunks_emitted = self.chunks_emitted
+        other.last_stats = self.last_stats
+        return other
+
     def state_nbytes(self) -> int:
         """Bytes of carried state (conv contexts, attention keys/values)."""
         return self._cache.nbytes()
