@@ -40,7 +40,13 @@ from torch import Tensor
 from agent_runtime.errors import AgentRuntimeError
 from agent_runtime.tts.s2pro.kv_cache import SlowKVCache, decode_kv_len, prefill_kv_len
 from agent_runtime.tts.s2pro.model import DualARTransformer, LayerKV
-from agent_runtime.tts.s2pro.prompt import PromptBuilder, PromptError, S2ProTokenizer, VoiceReference
+from agent_runtime.tts.s2pro.prompt import (
+    PromptBuilder,
+    PromptError,
+    S2ProTokenizer,
+    TokenizerLike,
+    VoiceReference,
+)
 from agent_runtime.tts.s2pro.sampling import (
     RAS_WINDOW,
     SamplerStats,
@@ -79,6 +85,7 @@ def naive_generate(
     params: SamplingParams,
     max_new_tokens: int = 0,
     generator: torch.Generator | None = None,
+    on_frame: Callable[[int], None] | None = None,
 ) -> Tensor:
     """The reference `generate()`: full-length static cache, masked attention over every slot,
     full-vocabulary logits and sorts. Returns (N+1, T + frames) incl. the last (dropped) frame."""
@@ -111,6 +118,8 @@ def naive_generate(
     tok = slow_token(normed, None)
     frame = _frame_column(tok, _fast_codes(model, fast_in, tok, fast_caches, fast_sample))
     frames.append(frame)
+    if on_frame is not None:
+        on_frame(0)
     previous: collections.deque[int] = collections.deque([0] * RAS_WINDOW, maxlen=RAS_WINDOW)
     for i in range(budget - 1):
         pos = prompt_len + i
@@ -120,6 +129,8 @@ def naive_generate(
         tok = slow_token(normed, previous)
         frame = _frame_column(tok, _fast_codes(model, fast_in, tok, fast_caches, fast_sample))
         frames.append(frame)
+        if on_frame is not None:
+            on_frame(i + 1)
         previous.append(tok)
         if tok == im_end_id:
             break
@@ -205,7 +216,7 @@ class S2ProEngine:
     """Owns the model, tokenizer, prefix cache and worker thread; streams do the generating."""
 
     def __init__(
-        self, model: DualARTransformer, tokenizer: S2ProTokenizer, *, prefix_cache_size: int = 16
+        self, model: DualARTransformer, tokenizer: TokenizerLike, *, prefix_cache_size: int = 16
     ) -> None:
         cfg = model.cfg
         if (tokenizer.semantic_begin_id, tokenizer.semantic_end_id) != (cfg.semantic_begin_id, cfg.semantic_end_id):
@@ -422,10 +433,10 @@ class S2ProStream:
         if prefix_kv is not None:
             self.cache.restore(prefix_kv)
             self._prefilled = prefix_values.shape[1]
-        self._pending_codes: Tensor | None = None  # codes of the previous segment, not yet in context
+        self._pending: list[Tensor] | None = None  # frames of the previous segment, not yet in context
+        self._finished: list[list[Tensor]] = []
         self._segment: _Segment | None = None
         self._lock = threading.Lock()
-        self.segments_codes: list[Tensor] = []
 
     def _fast_sample(self, logits: Tensor) -> int:
         n = logits.numel()
@@ -448,8 +459,8 @@ class S2ProStream:
             self.cancelled.clear()
             builder = self.engine.builder
             parts = []
-            if self._pending_codes is not None:
-                parts.append(builder.assistant_codes_end(self._pending_codes))
+            if self._pending is not None:
+                parts.append(builder.assistant_codes_end(self._codes_of(self._pending)))
             parts.append(builder.user_turn(text))
             appended = torch.cat([self._values, *parts], dim=1)
             limit = self.engine.cfg.max_seq_len - CONTEXT_RESERVE
@@ -462,20 +473,30 @@ class S2ProStream:
             segment = _Segment(self, chunk, self._prefilled, self.max_frames if max_frames is None else max_frames)
             self._values = appended
             self._prefilled = appended.shape[1]
-            self._pending_codes = None
+            self._pending = None
             self._segment = segment
             return segment
 
     def _finish_segment(self) -> None:
+        """Close the current segment; its kept frames become the pending assistant turn.
+        (No tensor work here: this also runs when an abandoned iterator is finalised.)"""
         seg = self._segment
         if seg is None:
             return
         seg.done = True
-        n_cb = self.engine.cfg.num_codebooks
-        codes = torch.stack(seg.kept, dim=1)[1:] if seg.kept else torch.zeros((n_cb, 0), dtype=torch.long)
-        self.segments_codes.append(codes)
-        self._pending_codes = codes
+        self._finished.append(seg.kept)
+        self._pending = seg.kept
         self._segment = None
+
+    @property
+    def segments_codes(self) -> list[Tensor]:
+        """Kept codes (num_codebooks, frames) of every finished segment, in order."""
+        return [self._codes_of(kept) for kept in self._finished]
+
+    def _codes_of(self, kept: list[Tensor]) -> Tensor:
+        if not kept:
+            return torch.zeros((self.engine.cfg.num_codebooks, 0), dtype=torch.long)
+        return torch.stack(kept, dim=1)[1:]
 
     def add_text(self, text: str, *, max_frames: int | None = None) -> Iterator[np.ndarray]:
         """Generate the speech of one text segment as frames (int64 (num_codebooks,)) in the

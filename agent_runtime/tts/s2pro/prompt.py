@@ -28,6 +28,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -53,6 +54,16 @@ ASSISTANT_START = f"{IM_START}assistant\n{VOICE}"
 
 class PromptError(AgentRuntimeError):
     """Invalid prompt input (reference codes, text too long for the context, ...)."""
+
+
+class TokenizerLike(Protocol):
+    """What prompt building and the engine need from a tokenizer."""
+
+    semantic_begin_id: int
+    semantic_end_id: int
+    im_end_id: int
+
+    def encode(self, text: str) -> list[int]: ...
 
 
 class S2ProTokenizer:
@@ -208,7 +219,7 @@ def validate_codes(codes: np.ndarray | Tensor, num_codebooks: int, codebook_size
 class PromptBuilder:
     """Turns texts and codes into prompt values (num_codebooks + 1, T), part by part."""
 
-    def __init__(self, tokenizer: S2ProTokenizer, num_codebooks: int, codebook_size: int) -> None:
+    def __init__(self, tokenizer: TokenizerLike, num_codebooks: int, codebook_size: int) -> None:
         self.tokenizer = tokenizer
         self.num_codebooks = num_codebooks
         self.codebook_size = codebook_size
