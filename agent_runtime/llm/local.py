@@ -49,6 +49,7 @@ class LocalLLMBackend(LLMBackend):
         self._lm = lm
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
+        self._active: set[threading.Event] = set()  # cancel flags of queued/running requests
         if threads:
             self._executor.submit(_set_threads, threads)
 
@@ -86,6 +87,7 @@ class LocalLLMBackend(LLMBackend):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
+        self._active.add(cancelled)
         history = list(messages)
 
         def emit(item: object) -> None:
@@ -130,9 +132,13 @@ class LocalLLMBackend(LLMBackend):
                 yield item  # type: ignore[misc]
         finally:
             cancelled.set()
+            self._active.discard(cancelled)
 
     async def aclose(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Stop any generation in flight and wait (off the loop) for the worker thread to exit."""
+        for flag in list(self._active):
+            flag.set()
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
 
 def _set_threads(n: int) -> None:

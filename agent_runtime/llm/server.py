@@ -175,7 +175,7 @@ async def serve(backend: LLMBackend, model_id: str, host: str = "127.0.0.1", por
     """Warm the backend, listen, and serve until cancelled (Ctrl-C)."""
     t0 = time.perf_counter()
     await backend.warmup()
-    runner = web.AppRunner(create_app(backend, model_id), access_log=None)
+    runner = web.AppRunner(create_app(backend, model_id), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

