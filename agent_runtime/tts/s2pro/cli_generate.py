@@ -155,7 +155,7 @@ class _SyntheticTokenizer:
             if piece in self._specials:
                 ids.append(self._specials[piece])
             else:
-                ids.extend(1000 + b for b in piece.encode("utf-8"))
+                ids.extend(1 + b % (self._specials["<|im_start|>"] - 1) for b in piece.encode("utf-8"))
         return ids
 
 
