@@ -121,7 +121,7 @@ class AgentAudioTrack(MediaStreamTrack):
         self._start: float | None = None
         self._pts = 0
         self.on_frame_out: Callable[[float, np.ndarray], None] | None = None
-        """Called with (time, pcm) as each non-silent frame leaves (benchmarks, tests)."""
+        """Called with (time, pcm) as each frame, silence included, leaves (benchmarks, tests)."""
 
     @property
     def queued_samples(self) -> int:
@@ -157,7 +157,7 @@ class AgentAudioTrack(MediaStreamTrack):
         self._space.set()
         if len(pcm) < n:
             pcm = np.concatenate([pcm, np.zeros(n - len(pcm), dtype=np.int16)])
-        elif self.on_frame_out is not None:
+        if self.on_frame_out is not None:
             self.on_frame_out(time.monotonic(), pcm)
         frame = av.AudioFrame(format="s16", layout="mono", samples=n)
         frame.planes[0].update(pcm.tobytes())
@@ -165,6 +165,32 @@ class AgentAudioTrack(MediaStreamTrack):
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, self.sample_rate)
         return frame
+
+
+class Decimator:
+    """Streaming 48 kHz -> 16 kHz mono int16 with a short linear-phase FIR.
+
+    The runtime's general resampler (soxr HQ) releases its output in 40 ms bursts when fed 20 ms
+    frames, which delays what the VAD sees by up to a frame; this filter releases every sample at once.
+    Kaiser-windowed sinc, 145 taps (1.5 ms delay): flat to 6.3 kHz, -6 dB at 7 kHz, > 70 dB down from 7.8 kHz.
+    """
+
+    factor = 3
+    out_rate = 16_000
+
+    def __init__(self, taps: int = 145, cutoff_hz: float = 7_000.0, in_rate: int = WEBRTC_RATE) -> None:
+        n = np.arange(taps) - (taps - 1) / 2
+        h = np.sinc(2 * cutoff_hz / in_rate * n) * np.kaiser(taps, 7.0)
+        self._h = (h / h.sum()).astype(np.float32)
+        self._hist = np.zeros(taps - 1, dtype=np.float32)
+        self._phase = 0  # index in the next block of the next sample to keep
+
+    def process(self, pcm: np.ndarray) -> np.ndarray:
+        x = np.concatenate([self._hist, pcm.astype(np.float32)])
+        self._hist = x[len(x) - len(self._hist) :]
+        y = np.convolve(x, self._h, mode="valid")[self._phase :: self.factor]
+        self._phase = (self._phase - len(pcm)) % self.factor
+        return np.clip(np.round(y), -32768, 32767).astype(np.int16)
 
 
 def av_to_frame(frame: av.AudioFrame, arrived: float) -> AudioFrame:
@@ -183,12 +209,14 @@ def av_to_frame(frame: av.AudioFrame, arrived: float) -> AudioFrame:
 class WebRTCTransport(Transport):
     """Agent side of a WebRTC call on an aiortc peer connection.
 
-    Usage: create it with the peer connection before `setRemoteDescription`; it adds the outbound
-    track and picks up the caller's audio track when it arrives.
+    Usage: create it with the peer connection, then `accept(offer_sdp)`; it adds the outbound track
+    and picks up the caller's audio track when it arrives. Inbound audio is delivered as 16 kHz mono
+    (`Decimator`), the rate the VAD and ASR use; `decimate=False` delivers the decoded 48 kHz stereo.
     """
 
-    def __init__(self, pc: RTCPeerConnection, *, jitter_buffer_packets: int = 0) -> None:
+    def __init__(self, pc: RTCPeerConnection, *, jitter_buffer_packets: int = 0, decimate: bool = True) -> None:
         self.pc = pc
+        self.decimate = decimate
         self.output_sample_rate = WEBRTC_RATE
         self.jitter_buffer_packets = jitter_buffer_packets
         self.track = AgentAudioTrack(WEBRTC_RATE)
@@ -221,10 +249,13 @@ class WebRTCTransport(Transport):
             self._inbound.put_nowait(None)
 
     async def _read(self, track: MediaStreamTrack) -> None:
+        decimator = Decimator()
         try:
             while True:
                 frame = await track.recv()
-                f = av_to_frame(frame, time.monotonic())
+                f = av_to_frame(frame, time.monotonic()).mono()
+                if self.decimate and f.sample_rate == WEBRTC_RATE:
+                    f = AudioFrame(decimator.process(f.pcm), Decimator.out_rate, f.timestamp)
                 if self.on_frame_in is not None:
                     self.on_frame_in(f)
                 self._inbound.put_nowait(f)
