@@ -106,8 +106,9 @@ class WhisperRecognizer(Recognizer):
         """Load the model (blocking; about 1-2 s for tiny.en on CPU).
 
         `model`: local CTranslate2 directory, packaged model name (`tiny.en`) or hub name (network
-        only). `compute_type` defaults to int8 on CPU and float16 on CUDA. `cpu_threads` 0 lets
-        CTranslate2 choose. Keyword overrides set `WhisperOptions` fields.
+        only). `compute_type` defaults to int8 on CPU and float16 on CUDA. `cpu_threads` 0 means
+        the usable cores, at most 4 (CTranslate2's own default of 4 oversubscribes small machines).
+        Keyword overrides set `WhisperOptions` fields.
         """
         super().__init__()
         self.options = _merge_options(options or WhisperOptions(), option_overrides)
@@ -126,7 +127,7 @@ class WhisperRecognizer(Recognizer):
                 self.model_path,
                 device=device,
                 compute_type=self.compute_type,
-                cpu_threads=cpu_threads,
+                cpu_threads=cpu_threads or _usable_cores(4),
                 num_workers=num_workers,
                 local_files_only=_hub_offline(),
             )
@@ -309,6 +310,14 @@ def _window_frames(content_frames: int, min_window_s: float) -> int:
 def _rms_dbfs(audio: np.ndarray) -> float:
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
     return 20 * math.log10(max(rms, 1e-10))
+
+
+def _usable_cores(cap: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cap, cores))
 
 
 def _hub_offline() -> bool:

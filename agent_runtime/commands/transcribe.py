@@ -21,9 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--language", default=None, help="language code (default: en; 'auto' detects, multilingual models)")
     p.add_argument("--beam-size", type=int, default=1, help="1 = greedy, lowest latency (default: 1)")
     p.add_argument("--compute-type", default=None, help="CTranslate2 compute type (default: int8 on CPU)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default: library's)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for the model (default: usable cores, at most 4)")
     p.add_argument("--prompt", default=None, help="initial prompt biasing vocabulary and spelling")
     p.add_argument("--timing", action="store_true", help="print audio length and load/transcription times to stderr")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="with --timing: warm up, transcribe N times, report the median and best time")
     p.set_defaults(func=run)
 
 
@@ -41,12 +43,18 @@ def run(args: argparse.Namespace) -> int:
         beam_size=args.beam_size,
         initial_prompt=args.prompt,
     )
-    result = recognizer.transcribe(audio)
+    runs = max(1, args.repeat)
+    if runs > 1:
+        recognizer.warmup()
+    results = [recognizer.transcribe(audio) for _ in range(runs)]
+    result = results[0]
     print(result.text.strip())
     if args.timing:
+        times = sorted(r.processing_seconds for r in results)
+        spent = f"{times[0]:.3f} s" if runs == 1 else f"median {times[runs // 2]:.3f} s, best {times[0]:.3f} s of {runs}"
         print(
             f"audio {result.audio_seconds:.2f} s at {rate} Hz, model load {recognizer.load_seconds:.2f} s, "
-            f"transcription {result.processing_seconds:.3f} s, language {result.language}",
+            f"transcription {spent}, language {result.language}",
             file=sys.stderr,
         )
     return 0
