@@ -149,6 +149,11 @@ class WhisperRecognizer(Recognizer):
     def is_multilingual(self) -> bool:
         return bool(self._model.model.is_multilingual)
 
+    def warmup(self) -> None:
+        """Run encoder and decoder once (the energy gate would skip the base class's silence)."""
+        noise = np.random.default_rng(0).standard_normal(self.sample_rate).astype(np.float32) * 0.01
+        self._transcribe_turn(noise)
+
     # -- transcription ------------------------------------------------------------------------
     def transcribe(self, audio: np.ndarray) -> Transcript:
         started = time.perf_counter()
