@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,19 @@ def test_transcribes_a_short_turn(whisper: WhisperRecognizer, speech) -> None:
 @pytest.mark.parametrize("text", ["Yes.", "No.", "Hello, how can I help you today?"])
 def test_short_answers(whisper: WhisperRecognizer, speech, text: str) -> None:
     assert normalize_text(whisper.transcribe(speech(text)).text) == normalize_text(text)
+
+
+def test_long_turns_use_the_long_form_path(
+    whisper: WhisperRecognizer, speech, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    texts = [SENTENCE, "The tracking page says it left the warehouse on Monday.", "Can you check it for me?"]
+    audio = np.concatenate([speech(t) for t in texts])
+    monkeypatch.setattr(whisper, "options", replace(whisper.options, long_turn_s=5.0))
+    calls: list[float] = []
+    original = whisper._transcribe_long
+    monkeypatch.setattr(whisper, "_transcribe_long", lambda a: calls.append(len(a)) or original(a))
+    result = whisper.transcribe(audio)
+    assert calls and normalize_text(result.text) == normalize_text(" ".join(texts))
 
 
 def _noise(seconds: float, amplitude: float, seed: int) -> np.ndarray:
