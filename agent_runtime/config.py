@@ -138,6 +138,9 @@ class ServerConfig(_Strict):
         0, ge=0, le=8,
         description="inbound audio packets held before decoding (0 = pass-through; aiortc's default holds 4 = 80 ms)",
     )
+    media_timeout_s: float = Field(
+        10.0, gt=0, description="hang up a WebRTC call when no caller audio arrived for this long (peer vanished)"
+    )
     shutdown_grace_s: float = Field(10.0, ge=0, description="on shutdown, calls in progress get this long to finish")
 
 

@@ -82,6 +82,19 @@ def event_to_json(event: SessionEvent) -> dict[str, Any]:
     return {"kind": event.kind, "session_id": event.session_id, **data}
 
 
+def live_latency(session: Session | None) -> dict[str, Any] | None:
+    """The latency of the turn whose reply just became audible (the `turn` event comes at its end)."""
+    reply = getattr(session, "_reply", None)
+    m = getattr(reply, "metrics", None)
+    if session is None or m is None:
+        return None
+    v2v = m.voice_to_voice
+    return {
+        "kind": "latency", "session_id": session.session_id, "turn_id": m.turn_id,
+        "voice_to_voice_ms": None if v2v is None else round(v2v * 1000, 1), "stages_ms": m.relative_ms(),
+    }
+
+
 class CallServer:
     """Owns the aiohttp application, the engines and the calls in progress."""
 
@@ -210,7 +223,9 @@ class CallServer:
             return refusal  # type: ignore[return-value]
         s = self.server_config
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers_from_config(s.ice_servers, self.environ)))
-        transport = WebRTCTransport(pc, jitter_buffer_packets=s.jitter_buffer_packets)
+        transport = WebRTCTransport(
+            pc, jitter_buffer_packets=s.jitter_buffer_packets, media_timeout_s=s.media_timeout_s
+        )
         call.transport = transport
         pc.on("datachannel", lambda ch: self._on_channel(call, ch))
         try:
@@ -268,6 +283,10 @@ class CallServer:
         def on_event(event: SessionEvent) -> None:
             self.metrics.observe_event(event.kind, event.data)
             call.send_event(event_to_json(event))
+            if event.kind == "state" and event.data.get("state") == "speaking":
+                live = live_latency(call.session)
+                if live is not None:
+                    call.send_event(live)
 
         call.session = Session(self.config, self.engines, transport, on_event=on_event, session_id=call.call_id)
         self.metrics.sessions.inc(call.kind)

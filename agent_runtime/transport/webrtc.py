@@ -214,8 +214,17 @@ class WebRTCTransport(Transport):
     (`Decimator`), the rate the VAD and ASR use; `decimate=False` delivers the decoded 48 kHz stereo.
     """
 
-    def __init__(self, pc: RTCPeerConnection, *, jitter_buffer_packets: int = 0, decimate: bool = True) -> None:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        *,
+        jitter_buffer_packets: int = 0,
+        decimate: bool = True,
+        media_timeout_s: float | None = None,
+    ) -> None:
         self.pc = pc
+        self.media_timeout_s = media_timeout_s
+        self._got_media = False
         self.decimate = decimate
         self.output_sample_rate = WEBRTC_RATE
         self.jitter_buffer_packets = jitter_buffer_packets
@@ -265,9 +274,20 @@ class WebRTCTransport(Transport):
             self._inbound.put_nowait(None)
 
     async def recv(self) -> AudioFrame | None:
+        """The caller's next frame (16 kHz mono); None at hang-up, or when the caller's audio stopped
+        arriving for `media_timeout_s` (a browser that vanished without closing the connection)."""
         if self._closed and self._inbound.empty():
             return None
-        return await self._inbound.get()
+        if not self._got_media or self.media_timeout_s is None:
+            frame = await self._inbound.get()
+        else:
+            try:
+                frame = await asyncio.wait_for(self._inbound.get(), self.media_timeout_s)
+            except TimeoutError:
+                log.warning("no caller audio for %.0f s: hanging up", self.media_timeout_s)
+                return None
+        self._got_media = self._got_media or frame is not None
+        return frame
 
     async def send(self, frame: AudioFrame) -> None:
         if frame.sample_rate != self.output_sample_rate:

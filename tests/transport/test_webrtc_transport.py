@@ -128,3 +128,20 @@ async def test_jitter_buffer_setting_changes_inbound_latency() -> None:
     # aiortc's buffer holds 4 packets (80 ms) before a frame is decoded; pass-through holds none
     assert shipped["inbound_ms"]["p50"] - ours["inbound_ms"]["p50"] > 50
     assert ours["inbound_ms"]["p50"] < 40
+
+
+async def test_caller_audio_stopping_counts_as_hang_up() -> None:
+    use_loopback_host_candidates(True)
+    caller = WebRTCCaller()
+    agent = WebRTCTransport(RTCPeerConnection(RTCConfiguration(iceServers=[])), media_timeout_s=0.5)
+    await caller.accept_answer(await agent.accept(await caller.create_offer()))
+    await caller.connected()
+    assert await agent.recv() is not None
+    caller.mic.stop()  # the browser vanished: no more RTP, no DTLS goodbye
+    t = time.monotonic()
+    async with asyncio.timeout(5):
+        while await agent.recv() is not None:
+            pass
+    assert time.monotonic() - t < 2.0
+    await agent.close()
+    await caller.close()

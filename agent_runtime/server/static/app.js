@@ -6,7 +6,7 @@
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 const state = {
-  status: "idle", sessionId: null, events: [], userTexts: [], agentTexts: [], turns: [],
+  status: "idle", sessionId: null, events: [], userTexts: [], agentTexts: [], turns: [], latency: [],
   audio: { peak: 0, audibleMs: 0, packetsReceived: 0, totalAudioEnergy: 0 }, error: null,
 };
 window.agentCall = state;
@@ -24,25 +24,34 @@ function token() {
   return t;
 }
 
+let pendingCaller = null;  // the caller's line of the turn in progress (updated as ASR revises it)
+
 function addLine(who, text, interrupted) {
   const li = document.createElement("li");
   li.className = who + (interrupted ? " interrupted" : "");
   li.textContent = text;
   $("transcript").appendChild(li);
   li.scrollIntoView({ block: "nearest" });
+  return li;
 }
 
-function addTurn(t) {
+function showLatency(t) {
   const s = t.stages_ms || {};
   const cell = (v) => (v === null || v === undefined ? "-" : Math.round(v) + " ms");
-  const row = document.createElement("tr");
+  const body = $("latency").querySelector("tbody");
+  let row = body.querySelector(`tr[data-turn="${t.turn_id}"]`);
+  if (!row) {
+    row = document.createElement("tr");
+    row.dataset.turn = t.turn_id;
+    body.appendChild(row);
+  }
+  row.replaceChildren();
   for (const v of [t.turn_id, cell(t.voice_to_voice_ms), cell(s.asr_final), cell(s.llm_first_token),
     cell(s.tts_first_audio), cell(s.end_of_turn), cell(s.first_audio_out)]) {
     const td = document.createElement("td");
     td.textContent = v;
     row.appendChild(td);
   }
-  $("latency").querySelector("tbody").appendChild(row);
 }
 
 function onEvent(ev) {
@@ -50,16 +59,23 @@ function onEvent(ev) {
   switch (ev.kind) {
     case "session": state.sessionId = ev.session_id; break;
     case "user_text":
-      if (ev.final) { state.userTexts.push(ev.text); } else { $("interim").textContent = ev.text; }
+      state.userTexts.push(ev.text);
+      if (pendingCaller) { pendingCaller.textContent = ev.text; } else { pendingCaller = addLine("caller", ev.text, false); }
+      break;
+    case "premature_reply_dropped":
+      break;  // the caller kept talking: the pending line is updated with the whole turn later
+    case "latency":  // sent when the agent's first audio leaves: the turn's latency, live
+      state.latency.push(ev);
+      showLatency(ev);
       break;
     case "turn":
       state.turns.push(ev);
-      $("interim").textContent = "";
-      if (ev.user_text) addLine("caller", ev.user_text, false);
+      pendingCaller = null;
       if (ev.agent_text) { addLine("agent", ev.agent_text, ev.interrupted); state.agentTexts.push(ev.agent_text); }
-      addTurn(ev);
+      showLatency(ev);
       break;
     case "state":
+      if (ev.state === "speaking") pendingCaller = null;
       if (state.status === "connected") setStatus("In call: " + ev.state.replace("_", " "));
       break;
     case "barge_in":
