@@ -16,7 +16,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from agent_runtime.tts.s2pro.cli_generate import _SyntheticTokenizer
 from agent_runtime.tts.s2pro.engine import S2ProEngine, naive_generate
 from agent_runtime.tts.s2pro.kv_cache import decode_kv_len, prefill_kv_len
-from agent_runtime.tts.s2pro.model import DualARConfig, DualARTransformer, TransformerConfig
+from agent_runtime.tts.s2pro.model import DualARConfig, DualARTransformer, FastARStepper, TransformerConfig
 from agent_runtime.tts.s2pro.prompt import PromptError, S2ProTokenizer, VoiceReference
 from agent_runtime.tts.s2pro.sampling import SamplingParams, aligned_window
 
@@ -42,12 +42,13 @@ def make_config(
     max_seq_len: int = 2600,
     s1_style: bool = False,
     tied: bool = True,
+    fast_qk_norm: bool = False,
 ) -> DualARConfig:
     fd = fast_dim or dim
     return DualARConfig(
         vocab_size=vocab,
         slow=TransformerConfig(2, dim, heads, kv_heads, head_dim, 96, qk_norm=not s1_style),
-        fast=TransformerConfig(2, fd, heads, kv_heads, head_dim, 80),
+        fast=TransformerConfig(2, fd, heads, kv_heads, head_dim, 80, qk_norm=fast_qk_norm),
         num_codebooks=codebooks,
         codebook_size=codebook_size,
         semantic_begin_id=sem_begin,
@@ -106,6 +107,7 @@ CONFIGS = {
     "mha-untied": {"kv_heads": 4, "tied": False},
     "odd-vocab": {"vocab": 1000, "sem_begin": 1000 - 64 - 2, "codebook_size": 64, "codebooks": 3},
     "short-context": {"max_seq_len": 2300},
+    "fast-qk-norm": {"fast_qk_norm": True, "kv_heads": 1},
 }
 
 
@@ -308,6 +310,23 @@ def test_fp32_prefill_rows_are_row_count_invariant() -> None:
     full = F.linear(x, w)
     for rows in (16, 17, 24, 39):
         assert torch.equal(F.linear(x[:, -rows:], w), full[:, -rows:])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("fast_qk_norm", [False, True])
+def test_fast_stepper_equals_module_path(dtype: torch.dtype, fast_qk_norm: bool) -> None:
+    cfg = make_config(fast_qk_norm=fast_qk_norm, fast_dim=48, head_dim=12)
+    model = make_model(cfg, dtype, seed=3)
+    stepper = FastARStepper(model)
+    a, b = model.new_fast_caches(), model.new_fast_caches()
+    with torch.inference_mode():
+        for pos in range(cfg.num_codebooks):
+            x = torch.randn(1, 1, cfg.fast.dim).to(dtype)
+            ref = model.forward_fast(x, pos, a)
+            got = stepper.step(x, pos, b)
+            assert torch.equal(ref, got)
+            for ka, kb in zip(a, b, strict=True):
+                assert torch.equal(ka.k, kb.k) and torch.equal(ka.v, kb.v)
 
 
 def test_config_replace_keeps_frozen() -> None:

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from agent_runtime.errors import AgentRuntimeError
 from agent_runtime.tts.s2pro.kv_cache import SlowKVCache, decode_kv_len, prefill_kv_len
-from agent_runtime.tts.s2pro.model import DualARTransformer, LayerKV
+from agent_runtime.tts.s2pro.model import DualARTransformer, FastARStepper, LayerKV
 from agent_runtime.tts.s2pro.prompt import (
     PromptBuilder,
     PromptError,
@@ -147,15 +147,24 @@ def _fast_codes(
     token: int,
     caches: list[LayerKV],
     sample: Callable[[Tensor], int],
+    stepper: FastARStepper | None = None,
 ) -> list[int]:
-    """Run the fast AR for one frame: position 0 = slow hidden, then codes 1..N-1 sampled."""
+    """Run the fast AR for one frame: position 0 = slow hidden, then codes 1..N-1 sampled.
+
+    Without `stepper` this is the reference's module path (`forward_fast`)."""
     cfg = model.cfg
-    model.forward_fast(fast_in.view(1, 1, -1), 0, caches)
+    if stepper is None:
+        model.forward_fast(fast_in.view(1, 1, -1), 0, caches)
+    else:
+        stepper.step(fast_in.view(1, 1, -1), 0, caches, want_logits=False)
     code = min(max(token - cfg.semantic_begin_id, 0), cfg.codebook_size - 1)
     codes = [code]
+    emb = model.fast_embeddings.weight
     for k in range(1, cfg.num_codebooks):
-        x = model.fast_embeddings(torch.tensor([code], device=fast_in.device)).view(1, 1, -1)
-        code = sample(model.forward_fast(x, k, caches)[0, -1])
+        x = F.embedding(torch.tensor([code], device=fast_in.device), emb).view(1, 1, -1)
+        logits = model.forward_fast(x, k, caches) if stepper is None else stepper.step(x, k, caches)
+        assert logits is not None
+        code = sample(logits[0, -1])
         codes.append(code)
     return codes
 
@@ -240,6 +249,7 @@ class S2ProEngine:
         self.prefix_hits = 0
         self.prefix_misses = 0
         self.scheduler = _StepScheduler()
+        self._fast_stepper = FastARStepper(model)
 
     @classmethod
     def load(
@@ -390,7 +400,7 @@ class _Segment:
                 normed, fast_in = eng._decode(s.cache, self.frame, self.prompt_len + self.index - 1)
                 previous = self.previous
             tok = eng._slow_token(normed, previous, s.sampler, s.generator, s.stats)
-            codes = _fast_codes(eng.model, fast_in, tok, s.fast_caches, s._fast_sample)
+            codes = _fast_codes(eng.model, fast_in, tok, s.fast_caches, s._fast_sample, eng._fast_stepper)
         frame = _frame_column(tok, codes)
         if self.index > 0:
             self.previous.append(tok)
