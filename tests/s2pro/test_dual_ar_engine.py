@@ -332,3 +332,11 @@ def test_fast_stepper_equals_module_path(dtype: torch.dtype, fast_qk_norm: bool)
 def test_config_replace_keeps_frozen() -> None:
     cfg = make_config()
     assert replace(cfg, max_seq_len=4096).cache_len == 4096
+
+
+def test_compile_refused_on_cpu() -> None:
+    from agent_runtime.errors import ConfigError
+
+    cfg = make_config()
+    with pytest.raises(ConfigError, match="CUDA"):
+        S2ProEngine(make_model(cfg, torch.float32), _SyntheticTokenizer(cfg.semantic_begin_id, 32), compile_fast=True)

@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--max-frames", type=int, default=0, help="frames to generate at most, prefill frame included (0 = to the context end)"
     )
+    gen.add_argument(
+        "--compile", action="store_true", help="CUDA only: torch.compile the per-frame fast-AR step (not bit-exact)"
+    )
     gen.add_argument("--out", required=True, type=Path, help="output .npy file")
     gen.set_defaults(func=_generate)
 
@@ -55,23 +58,29 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    bench.add_argument("--dim", type=int, default=512)
-    bench.add_argument("--heads", type=int, default=8)
-    bench.add_argument("--kv-heads", type=int, default=2)
+    bench.add_argument(
+        "--preset",
+        choices=["mid", "s2pro"],
+        default="mid",
+        help="mid: the ~140M CPU config below; s2pro: the full S2-Pro shapes (4.56B params, for a GPU)",
+    )
+    bench.add_argument("--dim", type=int, default=512, help="model dim (slow and fast)")
+    bench.add_argument("--heads", type=int, default=8, help="attention heads")
+    bench.add_argument("--kv-heads", type=int, default=2, help="key/value heads (GQA)")
     bench.add_argument("--intermediate", type=int, default=1536, help="SwiGLU hidden size")
-    bench.add_argument("--slow-layers", type=int, default=8)
-    bench.add_argument("--fast-layers", type=int, default=4)
-    bench.add_argument("--vocab", type=int, default=155_776)
-    bench.add_argument("--codebooks", type=int, default=10)
-    bench.add_argument("--codebook-size", type=int, default=4096)
-    bench.add_argument("--max-seq-len", type=int, default=32_768)
+    bench.add_argument("--slow-layers", type=int, default=8, help="slow-AR layers")
+    bench.add_argument("--fast-layers", type=int, default=4, help="fast-AR layers")
+    bench.add_argument("--vocab", type=int, default=155_776, help="text vocabulary (semantic tokens at its end)")
+    bench.add_argument("--codebooks", type=int, default=10, help="codebooks per frame")
+    bench.add_argument("--codebook-size", type=int, default=4096, help="entries per codebook")
+    bench.add_argument("--max-seq-len", type=int, default=32_768, help="context (the baseline's static cache)")
     bench.add_argument("--prefix-frames", type=int, default=300, help="frames of the voice reference")
     bench.add_argument("--frames", type=int, default=16, help="frames generated per engine measurement")
     bench.add_argument("--naive-frames", type=int, default=4, help="frames generated per (slow) baseline measurement")
-    bench.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    bench.add_argument("--device", default="cpu")
+    bench.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="model precision")
+    bench.add_argument("--device", default="cpu", help="torch device")
     bench.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
-    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--seed", type=int, default=0, help="weights and sampling seed")
     bench.set_defaults(func=_bench)
 
 
@@ -106,7 +115,9 @@ def _generate(args: argparse.Namespace) -> int:
         voice = VoiceReference.create(args.reference_text, codes)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: CUDA is not available")
-    engine = S2ProEngine.load(args.checkpoint, device=args.device, dtype=_torch_dtype(args.dtype))
+    engine = S2ProEngine.load(
+        args.checkpoint, device=args.device, dtype=_torch_dtype(args.dtype), compile_fast=args.compile
+    )
     try:
         stream = engine.open_stream(voice=voice, params=params, max_frames=args.max_frames)
         text = one_batch_text(args.text)
@@ -120,7 +131,16 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+S2PRO_SHAPES = {
+    "dim": 2560, "heads": 32, "kv_heads": 8, "intermediate": 9728, "slow_layers": 36, "fast_layers": 4,
+    "vocab": 155_776, "codebooks": 10, "codebook_size": 4096, "max_seq_len": 32_768,
+}  # fmt: skip
+
+
 def _bench(args: argparse.Namespace) -> int:
+    if args.preset == "s2pro":
+        for key, value in S2PRO_SHAPES.items():
+            setattr(args, key, value)
     if args.frames < 2 or args.naive_frames < 2:
         raise AgentRuntimeError("--frames and --naive-frames must be >= 2")
     if args.vocab < args.codebook_size + 200:
@@ -184,7 +204,8 @@ def _random_model(args: argparse.Namespace, dtype: Any) -> Any:
         max_seq_len=args.max_seq_len,
     )
     torch.manual_seed(args.seed)
-    model = DualARTransformer(cfg)
+    with torch.device(args.device):
+        model = DualARTransformer(cfg).to(dtype)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("norm.weight"):
@@ -213,6 +234,8 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise AgentRuntimeError(f"--device {args.device}: CUDA is not available")
     model = _random_model(args, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     tok = _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agent_runtime.errors import AgentRuntimeError
+from agent_runtime.errors import AgentRuntimeError, ConfigError
 from agent_runtime.tts.s2pro.kv_cache import SlowKVCache, decode_kv_len, prefill_kv_len
 from agent_runtime.tts.s2pro.model import DualARTransformer, FastARStepper, LayerKV
 from agent_runtime.tts.s2pro.prompt import (
@@ -225,8 +225,15 @@ class S2ProEngine:
     """Owns the model, tokenizer, prefix cache and worker thread; streams do the generating."""
 
     def __init__(
-        self, model: DualARTransformer, tokenizer: TokenizerLike, *, prefix_cache_size: int = 16
+        self,
+        model: DualARTransformer,
+        tokenizer: TokenizerLike,
+        *,
+        prefix_cache_size: int = 16,
+        compile_fast: bool = False,
     ) -> None:
+        """`compile_fast` (CUDA only) runs the per-frame fast-AR step through torch.compile; it is
+        numerically equivalent, not bit-identical, so CPU (the exact path) refuses it."""
         cfg = model.cfg
         if (tokenizer.semantic_begin_id, tokenizer.semantic_end_id) != (cfg.semantic_begin_id, cfg.semantic_end_id):
             raise ValueError("model and tokenizer disagree on the semantic token ids")
@@ -250,6 +257,10 @@ class S2ProEngine:
         self.prefix_misses = 0
         self.scheduler = _StepScheduler()
         self._fast_stepper = FastARStepper(model)
+        if compile_fast:
+            if model.device.type != "cuda":
+                raise ConfigError("compile_fast needs a CUDA device (on CPU it would break bit-exactness)")
+            self._fast_stepper.step = torch.compile(self._fast_stepper.step, dynamic=False)  # type: ignore[method-assign]
 
     @classmethod
     def load(
