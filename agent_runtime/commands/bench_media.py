@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 _DESCRIPTION = (
@@ -43,6 +44,8 @@ def _run(args: argparse.Namespace) -> int:
     from agent_runtime.bench.overhead import machine_description
     from agent_runtime.server.media_bench import compare
 
+    if not getattr(args, "verbose", False):
+        logging.getLogger("aioice").setLevel(logging.WARNING)  # one INFO line per ICE check otherwise
     results = asyncio.run(compare(bursts=args.bursts))
     print(f"\nWebRTC media path on loopback ({machine_description()}), {args.bursts} bursts per direction")
     print(f"  {'receive path':<62}{'in p50':>8}{'in p99':>8}{'out p50':>9}{'out p99':>9}  (ms)")

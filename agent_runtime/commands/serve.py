@@ -53,6 +53,8 @@ def _run(args: argparse.Namespace) -> int:
         overrides["server"]["port"] = args.port
     if args.loopback_only:
         overrides["server"]["loopback_only"] = True
+    if not getattr(args, "verbose", False):
+        logging.getLogger("aioice").setLevel(logging.WARNING)  # one INFO line per ICE check otherwise
     config = load_config(args.config, overrides)
     return asyncio.run(serve(config, instant=args.instant_engines))
 
