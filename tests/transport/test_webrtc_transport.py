@@ -86,13 +86,14 @@ def test_decimator_streams_like_one_shot_and_filters() -> None:
 
 
 def test_loopback_candidates_patch_is_reversible() -> None:
-    original = aioice.ice.get_host_addresses
+    from agent_runtime.transport import webrtc
+
+    was_patched = aioice.ice.get_host_addresses is not webrtc._ORIGINAL_HOST_ADDRESSES
     use_loopback_host_candidates(True)
-    try:
-        assert aioice.ice.get_host_addresses(True, False) == ["127.0.0.1"]
-    finally:
-        use_loopback_host_candidates(False)
-    assert aioice.ice.get_host_addresses is original
+    assert aioice.ice.get_host_addresses(True, False) == ["127.0.0.1"]
+    use_loopback_host_candidates(False)
+    assert aioice.ice.get_host_addresses is webrtc._ORIGINAL_HOST_ADDRESSES
+    use_loopback_host_candidates(was_patched)
 
 
 async def test_transport_round_trip_and_hang_up() -> None:
