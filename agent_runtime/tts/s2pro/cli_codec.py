@@ -88,6 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] when a GPU is available")
     bench.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="compute dtype (default fp32)")
     bench.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    bench.add_argument("--codec-config", metavar="CFG.json", help="other codec shapes (default: the full S2-Pro codec)")
     bench.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     bench.set_defaults(func=cmd_bench)
 
@@ -198,7 +199,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         seconds=args.seconds, chunk_frames=args.chunk_frames, first_chunk_frames=args.first_chunk_frames,
         sizes=sizes, repeats=max(1, args.repeats), device=args.device, dtype=args.dtype,
         threads=args.threads, skip_prefix=args.skip_prefix, prefix_all=args.prefix_all,
-        prefix_points=args.prefix_points,
+        prefix_points=args.prefix_points, config_path=args.codec_config,
     )
     res = run_bench(opts, log=lambda line: print(line, flush=True))
     if args.json:

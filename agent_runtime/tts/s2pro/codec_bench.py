@@ -41,6 +41,7 @@ class BenchOptions:
     skip_prefix: bool = False
     prefix_all: bool = False
     prefix_points: int = 3
+    config_path: str | None = None  # default: the full S2-Pro codec
 
 
 def random_decode_codec(config: CodecConfig, device: str, dtype: torch.dtype, seed: int = 0) -> S2ProCodec:
@@ -101,7 +102,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         torch.set_num_threads(opts.threads)
     torch.set_flush_denormal(True)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[opts.dtype]
-    cfg = CodecConfig.default()
+    cfg = CodecConfig.from_json(opts.config_path) if opts.config_path else CodecConfig.default()
     frame_ms = 1000.0 * cfg.frame_length / cfg.sample_rate
     window = cfg.quantizer.transformer.window_size
     t0 = time.perf_counter()
@@ -118,7 +119,7 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
         "device": opts.device, "dtype": opts.dtype, "threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(), "weights_mib": round(weights_mib, 1),
     }
-    log(f"S2-Pro codec bench: {opts.device}, {opts.dtype}, {torch.get_num_threads()} threads, "
+    log(f"{'S2-Pro' if not opts.config_path else cfg.name} codec bench: {opts.device}, {opts.dtype}, {torch.get_num_threads()} threads, "
         f"torch {torch.__version__}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")
     log(f"  codec built with random weights in {build_s:.1f} s; {weights_mib:.0f} MiB of weights "
         f"(decode path only is used); 1 frame = {cfg.frame_length} samples = {frame_ms:.1f} ms")
