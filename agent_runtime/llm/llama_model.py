@@ -71,9 +71,16 @@ def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
 
 
 class Attention(nn.Module):
+    """Grouped-query attention over the KV cache.
+
+    Query heads are grouped by the KV head they share (head h uses KV head h // group), so each
+    KV head attends for `group * T` query rows in one `bmm`: no K/V repetition, no GQA expansion.
+    """
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         self.n_heads, self.n_kv, self.hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.scale = cfg.head_dim**-0.5
         self.wqkv = Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim)
         self.wo = Linear(cfg.n_heads * cfg.head_dim, cfg.dim)
 
@@ -84,19 +91,21 @@ class Attention(nn.Module):
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
         start: int,
-        mask: torch.Tensor | None,
+        blocked: torch.Tensor | None,
     ) -> torch.Tensor:
-        t = x.shape[0]
-        q, k, v = self.wqkv(x).split([self.n_heads * self.hd, self.n_kv * self.hd, self.n_kv * self.hd], -1)
-        q = apply_rope(q.view(t, self.n_heads, self.hd), rot)
-        k = apply_rope(k.view(t, self.n_kv, self.hd), rot)
-        end = start + t
+        """x (T, dim) at positions start..; caches (n_kv, max_ctx, hd); blocked (group*T, start+T) or None."""
+        t, end = x.shape[0], start + x.shape[0]
+        qk, v = self.wqkv(x).split([(self.n_heads + self.n_kv) * self.hd, self.n_kv * self.hd], -1)
+        qk = apply_rope(qk.view(t, self.n_heads + self.n_kv, self.hd), rot)  # rotate q and k together
+        q, k = qk.split([self.n_heads, self.n_kv], 1)
         k_cache[:, start:end] = k.transpose(0, 1)
         v_cache[:, start:end] = v.view(t, self.n_kv, self.hd).transpose(0, 1)
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1), k_cache[:, :end], v_cache[:, :end], attn_mask=mask, enable_gqa=True
-        )
-        return self.wo(out.transpose(0, 1).reshape(t, -1))
+        q = q.transpose(0, 1).reshape(self.n_kv, -1, self.hd)  # (n_kv, group * T, hd)
+        scores = torch.bmm(q, k_cache[:, :end].transpose(1, 2)).mul_(self.scale)
+        if blocked is not None:
+            scores.masked_fill_(blocked, float("-inf"))
+        out = torch.bmm(torch.softmax(scores, dim=-1), v_cache[:, :end])
+        return self.wo(out.view(self.n_heads, t, self.hd).transpose(0, 1).reshape(t, -1))
 
 
 class FeedForward(nn.Module):
@@ -152,13 +161,14 @@ class Llama(nn.Module):
         end = start + t
         if end > self.max_context:
             raise ValueError(f"context overflow: {end} > {self.max_context} positions")
-        mask = None
-        if t > 1:  # causal mask over the cached prefix plus the new block
-            mask = torch.ones(t, end, dtype=torch.bool).tril(diagonal=start)
+        blocked = None
+        if t > 1:  # causal mask over the cached prefix plus the new block, one copy per grouped head
+            group = self.cfg.n_heads // self.cfg.n_kv_heads
+            blocked = torch.ones(t, end, dtype=torch.bool).triu(diagonal=start + 1).repeat(group, 1)
         rot = self.rot[start:end]
         x = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
             h = layer.attention_norm(x)
-            x = x + layer.attention(h, rot, self.k_cache[i], self.v_cache[i], start, mask)
+            x = x + layer.attention(h, rot, self.k_cache[i], self.v_cache[i], start, blocked)
             x = x + layer.feed_forward(layer.ffn_norm(x))
         return self.output(self.norm(x[-1]))

