@@ -122,14 +122,14 @@ def fuse_state_dict(raw: dict[str, Tensor], codec: S2ProCodec, dtype: torch.dtyp
         shape = tuple(expected[name].shape)
         g_shape = (shape[0],) + (1,) * (len(shape) - 1)
         if tuple(v.shape) != shape or tuple(g.shape) != g_shape:
-            misshaped.append(f"{name} (g {tuple(g.shape)}, v {tuple(v.shape)}; expected g {g_shape}, v {shape})")
+            misshaped.append(f"{name} g {tuple(g.shape)} v {tuple(v.shape)} (expected g {g_shape} v {shape})")
             continue
         out[name] = torch._weight_norm(v.to(dtype), g.to(dtype), 0)
     for name, t in plain.items():
         if name not in expected or name in reported:
             unexpected.append(name)
         elif tuple(t.shape) != tuple(expected[name].shape):
-            misshaped.append(f"{name} ({tuple(t.shape)}; expected {tuple(expected[name].shape)})")
+            misshaped.append(f"{name} {tuple(t.shape)} (expected {tuple(expected[name].shape)})")
             reported.add(name)
         else:
             out[name] = t.to(dtype)
@@ -167,7 +167,8 @@ def load_codec(
     try:
         state = fuse_state_dict(raw, codec, torch_dtype)
     except ModelLoadError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from None
+        hint = "the default S2-Pro config" if config is None else f"config {cfg.name or config!s}"
+        raise ModelLoadError(f"{path}: {exc} [built from {hint}; --codec-config selects another architecture]") from None
     codec.load_state_dict(state, strict=True, assign=True)
     return codec.to(device=device, dtype=torch_dtype).eval().requires_grad_(False)
 
