@@ -208,16 +208,16 @@ class CallServer:
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            return json_error(400, f"body is not valid JSON: {exc}")
+            return self._bad_offer(f"body is not valid JSON: {exc}")
         if not isinstance(body, dict):
-            return json_error(400, 'body must be a JSON object {"sdp": ..., "type": "offer"}')
+            return self._bad_offer('body must be a JSON object {"sdp": ..., "type": "offer"}')
         if body.get("type") != "offer":
-            return json_error(400, f'"type" must be "offer", got {body.get("type")!r}')
+            return self._bad_offer(f'"type" must be "offer", got {body.get("type")!r}')
         sdp = body.get("sdp")
         if not isinstance(sdp, str) or not sdp.lstrip().startswith("v=0"):
-            return json_error(400, 'malformed SDP: "sdp" must be a session description starting with "v=0"')
+            return self._bad_offer('malformed SDP: "sdp" must be a session description starting with "v=0"')
         if "m=audio" not in sdp:
-            return json_error(400, "malformed SDP: the offer has no audio media section (m=audio)")
+            return self._bad_offer("malformed SDP: the offer has no audio media section (m=audio)")
         call, refusal = self._admit("webrtc")
         if call is None:
             return refusal  # type: ignore[return-value]
@@ -233,9 +233,13 @@ class CallServer:
         except Exception as exc:
             self.calls.pop(call.call_id, None)
             await transport.close()
-            return json_error(400, f"malformed SDP: {type(exc).__name__}: {exc}")
+            return self._bad_offer(f"malformed SDP: {type(exc).__name__}: {exc}")
         self._start(call, transport)
         return web.json_response({"sdp": answer, "type": "answer", "session_id": call.call_id})
+
+    def _bad_offer(self, message: str) -> web.Response:
+        self.metrics.errors.inc("bad_offer")
+        return json_error(400, message)
 
     def _on_channel(self, call: Call, channel: Any) -> None:
         call.channel = channel
@@ -263,6 +267,8 @@ class CallServer:
             call.transport = transport
             info = await transport.start()
             if info is None:
+                if transport.close_reason:
+                    self.metrics.errors.inc("bad_stream")
                 return ws
             if not header_ok and not token_matches(info.custom_parameters.get("token"), self.token or ""):
                 await transport.close(CLOSE_POLICY, "unauthorized")
@@ -302,6 +308,9 @@ class CallServer:
         except Exception:
             self.metrics.errors.inc("session")
             log.exception("call %s failed", call.call_id)
+        else:
+            if getattr(call.transport, "close_reason", None):
+                self.metrics.errors.inc("bad_stream")  # the phone stream sent garbage mid-call
         finally:
             if watchdog is not None:
                 watchdog.cancel()

@@ -66,6 +66,7 @@ async def test_malformed_offers_get_400_with_a_clear_message(body: bytes, messag
         assert status == 400, data
         assert message in data["error"]
         assert not run.server.calls
+        assert 'agent_errors_total{kind="bad_offer"} 1' in run.server.metrics.render()
 
 
 async def test_body_size_limit() -> None:
@@ -173,3 +174,16 @@ async def test_readiness_follows_engine_loading_and_drain() -> None:
         await drain
         assert not run.server.calls  # the call was hung up after the grace period
         await caller.close()
+
+
+def test_ice_servers_come_from_config_and_environment() -> None:
+    from agent_runtime.config import load_config
+    from agent_runtime.transport.webrtc import ice_servers_from_config
+
+    cfg = load_config(None, {"server": {"ice_servers": [
+        {"urls": ["stun:stun.example.com:3478"]},
+        {"urls": ["turn:turn.example.com:3478"], "username_env": "TURN_USER", "credential_env": "TURN_PASS"},
+    ]}})
+    stun, turn = ice_servers_from_config(cfg.server.ice_servers, {"TURN_USER": "u", "TURN_PASS": "p"})
+    assert stun.urls == ["stun:stun.example.com:3478"] and stun.username is None
+    assert turn.urls == ["turn:turn.example.com:3478"] and (turn.username, turn.credential) == ("u", "p")

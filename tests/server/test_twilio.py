@@ -94,7 +94,7 @@ async def test_phone_call_media_marks_and_clear_on_barge_in(speech) -> None:
             # audio is paced in real time: after 1 s, about 1 s of audio was sent, not the whole reply
             await asyncio.sleep(1.2)
             sent = len([t for t, _ in phone.of("media") if t < t_media + 1.0])
-            assert 40 <= sent <= 56, sent
+            assert 30 <= sent <= 56, sent  # never faster than real time (a loaded loop may lag)
             played = [m for _, m in phone.of("media")]
             assert max(np.abs(mulaw.decode(base64.b64decode(m["media"]["payload"]))).max() for m in played) > 1000
             # marks track playback: echo them back as Twilio does once the audio has played
@@ -111,8 +111,10 @@ async def test_phone_call_media_marks_and_clear_on_barge_in(speech) -> None:
             after = [t for t, m in phone.of("media") if t > t_clear + 0.1]
             first_after = min(after) if after else None
             # nothing more of the interrupted reply (a new reply may start after the new turn)
-            turns = call.session.metrics.turns
-            assert turns and turns[0].interrupted
+            async with asyncio.timeout(2):  # the turn is filed just after `clear` goes out
+                while not call.session.metrics.turns:
+                    await asyncio.sleep(0.01)
+            assert call.session.metrics.turns[0].interrupted
             assert first_after is None or first_after > t_clear + 0.25
             await phone.stop()
         await run.wait_idle()
@@ -146,6 +148,8 @@ async def test_garbage_closes_the_socket_cleanly(speech) -> None:
         assert await _closed_with(run, [_start(), "[1, 2, 3]"]) == CLOSE_INVALID  # mid-call
         await run.wait_idle()
         assert not run.server.calls
+        text = run.server.metrics.render()
+        assert 'agent_errors_total{kind="bad_stream"} 7' in text
 
 
 async def test_phone_stream_auth_by_custom_parameter() -> None:
