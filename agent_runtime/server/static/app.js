@@ -137,7 +137,7 @@ async function call() {
     };
     pc.onconnectionstatechange = () => {
       if (pc && pc.connectionState === "connected") setStatus("In call: speak now", "connected");
-      if (pc && ["failed", "disconnected", "closed"].includes(pc.connectionState)) hangUp("Call ended (" + pc.connectionState + ")");
+      if (pc && ["failed", "closed"].includes(pc.connectionState)) hangUp("Call ended (" + pc.connectionState + ")");
     };
     await pc.setLocalDescription(await pc.createOffer());
     await waitIceGathering(pc);
