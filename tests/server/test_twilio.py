@@ -146,6 +146,7 @@ async def test_garbage_closes_the_socket_cleanly(speech) -> None:
         assert await _closed_with(run, ['{"event": "start", "start": {}}']) == CLOSE_INVALID  # no streamSid
         assert await _closed_with(run, [_start(), media_bad]) == CLOSE_INVALID
         assert await _closed_with(run, [_start(), "[1, 2, 3]"]) == CLOSE_INVALID  # mid-call
+        assert await _closed_with(run, [_start(), "x" * 70_000]) == 1009  # over server.max_body_bytes
         await run.wait_idle()
         assert not run.server.calls
         text = run.server.metrics.render()
