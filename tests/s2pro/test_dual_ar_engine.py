@@ -170,6 +170,26 @@ def test_continuation_equals_multiturn_oneshot(dtype: torch.dtype) -> None:
     assert stream.context_length == prompt2.shape[1]
 
 
+def test_generate_long_batches_like_the_reference() -> None:
+    cfg = make_config()
+    engine = make_engine(cfg, torch.float32, seed=6)
+    voice = random_voice(cfg, frames=20)
+    text = "<|speaker:0|>One two three. <|speaker:1|>Four five six. <|speaker:0|>Seven."
+    batches = ["<|speaker:0|>One two three.\n<|speaker:1|>Four five six.", "<|speaker:0|>Seven."]
+    gen = torch.Generator().manual_seed(4)
+    prompt = engine.builder.system_turn(voice)
+    expected = []
+    for batch in batches:
+        prompt = torch.cat([prompt, engine.builder.user_turn(batch)], dim=1)
+        codes = naive_codes(engine, prompt, PARAMS, 10, gen)
+        expected.append(codes)
+        prompt = torch.cat([prompt, engine.builder.assistant_codes_end(torch.from_numpy(codes))], dim=1)
+    got = engine.open_stream(voice=voice, params=PARAMS, seed=4, max_frames=10).generate_long(text, chunk_length=60)
+    assert len(got) == 2
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+
+
 def test_cancel_between_frames_and_continue() -> None:
     cfg = make_config()
     engine = make_engine(cfg, torch.float32, seed=1)

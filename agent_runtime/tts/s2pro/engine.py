@@ -46,6 +46,7 @@ from agent_runtime.tts.s2pro.prompt import (
     S2ProTokenizer,
     TokenizerLike,
     VoiceReference,
+    split_batches,
 )
 from agent_runtime.tts.s2pro.sampling import (
     RAS_WINDOW,
@@ -545,6 +546,11 @@ class S2ProStream:
             with self._lock:
                 if self._segment is segment:
                     self._finish_segment()
+
+    def generate_long(self, text: str, *, chunk_length: int = 300, max_frames: int | None = None) -> list[np.ndarray]:
+        """The reference's generate_long: split `text` into speaker-turn batches (<= 5 speakers,
+        <= chunk_length UTF-8 bytes), one segment each, every batch seeing the earlier audio."""
+        return [self.generate(batch, max_frames=max_frames) for batch in split_batches(text, chunk_length)]
 
     def generate(self, text: str, *, max_frames: int | None = None) -> np.ndarray:
         """All kept codes of one segment: int64 (num_codebooks, frames)."""

@@ -17,6 +17,7 @@ cache is read (the math here does not care whether the cache is 32k slots or jus
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -185,7 +186,7 @@ class Attention(nn.Module):
 
         if not self.use_sdpa:
             y = _eager_attention(q, k, v, mask)
-        elif math_sdpa:
+        elif math_sdpa:  # callers running many layers enter this context once themselves
             with sdpa_kernel(SDPBackend.MATH):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
@@ -321,8 +322,10 @@ class DualARTransformer(nn.Module):
         mask = causal_mask(positions, kv_len)
         freqs = self.freqs_cis[start : start + seqlen]
         x = self.embed(values)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, freqs, mask, None if caches is None else caches[i], start, kv_len, math_sdpa)
+        # The reference decodes under sdpa_kernel(MATH); entered once here rather than per layer.
+        with sdpa_kernel(SDPBackend.MATH) if math_sdpa else contextlib.nullcontext():
+            for i, layer in enumerate(self.layers):
+                x = layer(x, freqs, mask, None if caches is None else caches[i], start, kv_len)
         if seqlen > 1 and not return_all:
             x = x[:, -1:]
         normed = self.norm(x)
