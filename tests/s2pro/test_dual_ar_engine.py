@@ -143,10 +143,12 @@ def test_prefix_cache_hit_gives_same_output() -> None:
     assert engine.prefix_misses == 1 and engine.prefix_hits == 1
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+    engine.prepare_voice(random_voice(cfg, frames=61))
+    assert engine.prefix_misses == 2
     # an equal voice built separately hits the same entry (content hash)
     same = VoiceReference.create(voice.texts[0], voice.codes[0].copy())
     engine.open_stream(voice=same, params=PARAMS, seed=11)
-    assert engine.prefix_hits == 2
+    assert engine.prefix_hits == 2 and engine.prefix_misses == 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
@@ -235,6 +237,10 @@ async def test_async_stream_equals_sync_and_cancels() -> None:
         if len(got) == 2:
             stream2.cancel()
     assert len(got) == 2
+
+    engine.clear_prefix_cache()
+    stream3 = await engine.open_stream_async(voice, params=PARAMS, seed=5, max_frames=10)
+    np.testing.assert_array_equal(np.stack([f async for f in stream3.add_text_async(TEXT)], axis=1), sync)
 
     # two concurrent streams through the shared worker keep their own outputs
     async def run(seed: int) -> np.ndarray:

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agent_runtime.errors import AgentRuntimeError, ConfigError
+from agent_runtime.errors import AgentRuntimeError, ConfigError, ModelLoadError
 from agent_runtime.tts.s2pro.kv_cache import SlowKVCache, decode_kv_len, prefill_kv_len
 from agent_runtime.tts.s2pro.model import DualARTransformer, FastARStepper, LayerKV
 from agent_runtime.tts.s2pro.prompt import (
@@ -180,21 +180,35 @@ class _PrefixEntry:
 
 
 class _StepScheduler:
-    """Runs model steps on one worker thread (FIFO). Decode steps of concurrent streams arrive
-    here one by one; a batched implementation would drain the queue and run them together."""
+    """The engine's single model thread.
+
+    Jobs are either plain callables (prefills, voice preparation) or frame steps of segments.
+    The worker drains the queue and hands all pending frame steps to `_run_steps` together: with
+    one stream that is one step; with concurrent streams it is the place where their decode steps
+    can be batched into one forward on GPU (today they run one after another, which keeps every
+    stream bit-exact on CPU).
+    """
 
     def __init__(self) -> None:
-        self._queue: collections.deque[tuple[Callable[[], Any], Future[Any]]] = collections.deque()
+        self._queue: collections.deque[tuple[str, Any, Future[Any]]] = collections.deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
+        """Run `fn()` on the model thread."""
+        return self._put("call", fn)
+
+    def submit_step(self, segment: _Segment) -> Future[np.ndarray | None]:
+        """Generate the next frame of `segment` on the model thread."""
+        return self._put("step", segment)
+
+    def _put(self, kind: str, item: Any) -> Future[Any]:
         fut: Future[Any] = Future()
         with self._cv:
             if self._closed:
                 raise RuntimeError("engine is closed")
-            self._queue.append((fn, fut))
+            self._queue.append((kind, item, fut))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="s2pro-engine", daemon=True)
                 self._thread.start()
@@ -208,18 +222,32 @@ class _StepScheduler:
                     self._cv.wait()
                 if not self._queue:
                     return
-                fn, fut = self._queue.popleft()
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
+                jobs = list(self._queue)
+                self._queue.clear()
+            live = [(kind, item, fut) for kind, item, fut in jobs if fut.set_running_or_notify_cancel()]
+            for kind, item, fut in live:
+                if kind == "call":
+                    _resolve(fut, item)
+            steps = [(item, fut) for kind, item, fut in live if kind == "step"]
+            if steps:
+                self._run_steps(steps)
+
+    @staticmethod
+    def _run_steps(steps: list[tuple[_Segment, Future[Any]]]) -> None:
+        for segment, fut in steps:
+            _resolve(fut, segment.step)
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+
+
+def _resolve(fut: Future[Any], fn: Callable[[], Any]) -> None:
+    try:
+        fut.set_result(fn())
+    except BaseException as exc:
+        fut.set_exception(exc)
 
 
 class S2ProEngine:
@@ -237,7 +265,7 @@ class S2ProEngine:
         numerically equivalent, not bit-identical, so CPU (the exact path) refuses it."""
         cfg = model.cfg
         if (tokenizer.semantic_begin_id, tokenizer.semantic_end_id) != (cfg.semantic_begin_id, cfg.semantic_end_id):
-            raise ValueError("model and tokenizer disagree on the semantic token ids")
+            raise ModelLoadError("model and tokenizer disagree on the semantic token ids")
         self.model = model
         self.tokenizer = tokenizer
         self.cfg = cfg
@@ -305,6 +333,14 @@ class S2ProEngine:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed)
         return S2ProStream(self, voice, params or SamplingParams(), generator, max_frames, use_prefix_cache)
+
+    async def open_stream_async(self, voice: VoiceReference | None = None, **kwargs: Any) -> S2ProStream:
+        """`open_stream` on the model thread (a cold voice prefix is prefilled there)."""
+        return await asyncio.wrap_future(self.scheduler.submit(lambda: self.open_stream(voice, **kwargs)))
+
+    def prepare_voice(self, voice: VoiceReference | None) -> None:
+        """Prefill and cache the system turn of `voice` now, so the first request is fast."""
+        self._prefix(voice, use_cache=True)
 
     # -- prefix cache --
 
@@ -538,7 +574,7 @@ class S2ProStream:
         segment = self._begin(text, max_frames)
         try:
             while True:
-                frame = await asyncio.wrap_future(self.engine.scheduler.submit(segment.step))
+                frame = await asyncio.wrap_future(self.engine.scheduler.submit_step(segment))
                 if frame is None:
                     break
                 yield frame
