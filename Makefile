@@ -1,13 +1,17 @@
 # Two commands matter: `make demo` (set up + a voice call you can hear) and `make test` (set up + tests).
-.PHONY: setup demo test test-fast lint bench
+# `make test` also installs Debian's chromium for the browser test (deploy/install-browser.sh).
+.PHONY: setup browser demo test test-fast lint bench
 
 setup:
 	@bash deploy/setup.sh
 
+browser:
+	@bash deploy/install-browser.sh
+
 demo: setup
 	.venv/bin/agent-runtime demo --out out/demo_call.wav
 
-test: setup
+test: setup browser
 	.venv/bin/ruff check .
 	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -m "not gpu"
 
@@ -20,3 +24,4 @@ lint: setup
 bench: setup
 	.venv/bin/agent-runtime bench voice
 	.venv/bin/agent-runtime bench overhead
+	.venv/bin/agent-runtime bench media
