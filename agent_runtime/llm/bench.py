@@ -2,7 +2,9 @@
 
     python -m agent_runtime.llm.bench [--threads N] [--repeat 5] [--model PATH]
 
-Prints the best and median of `--repeat` runs (a shared machine makes the median noisy).
+Prints the best and median wall time of `--repeat` runs, and the median CPU time of the calling
+thread: with `--threads 1` that CPU time is what the wall time would be on an idle core, which keeps
+the figures meaningful on a shared machine (other processes stretch the wall time, not the CPU time).
 """
 
 from __future__ import annotations
@@ -25,19 +27,35 @@ SYSTEM = (
 )
 
 
-def _stats(label: str, values: list[float], unit: str = "ms") -> str:
-    ms = [v * 1000 for v in values]
-    return f"{label:<34} best {min(ms):7.1f} {unit}   median {statistics.median(ms):7.1f} {unit}"
+def _stats(label: str, wall: list[float], cpu: list[float] | None = None) -> str:
+    ms = [v * 1000 for v in wall]
+    line = f"{label:<34} wall best {min(ms):7.1f} ms   median {statistics.median(ms):7.1f} ms"
+    if cpu:
+        line += f"   thread CPU median {statistics.median(cpu) * 1000:7.1f} ms"
+    return line
 
 
-def _ttft(lm: LocalLM, messages: list[ChatMessage]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    first = None
+class _Timer:
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def __enter__(self) -> _Timer:
+        self._w, self._c = time.perf_counter(), time.thread_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall.append(time.perf_counter() - self._w)
+        self.cpu.append(time.thread_time() - self._c)
+
+
+def _ttft(lm: LocalLM, messages: list[ChatMessage], timer: _Timer) -> str:
     text = []
-    for delta in lm.generate_text(messages, max_tokens=30):
-        first = first if first is not None else time.perf_counter() - t0
-        text.append(delta)
-    return (first if first is not None else time.perf_counter() - t0), "".join(text)
+    stream = lm.generate_text(messages, max_tokens=30)
+    with timer:
+        text.append(next(stream, ""))
+    text.extend(stream)
+    return "".join(text)
 
 
 def run(model: str | None, threads: int | None, repeat: int, log: Callable[[str], None] = print) -> None:
@@ -47,30 +65,27 @@ def run(model: str | None, threads: int | None, repeat: int, log: Callable[[str]
     log(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     log(f"{'load (parse + tokenizer + dequantise)':<34} {lm.stats.seconds * 1000:7.0f} ms")
     ids = lm.tokenizer.encode("The quick brown fox jumps over the lazy dog near the river bank. " * 12)[:150]
-    prefill, decode = [], []
+    prefill, decode = _Timer(), _Timer()
     with torch.inference_mode():
         lm.model(torch.tensor(ids[:8]), 0)  # first-call warm-up
         for _ in range(repeat):
-            t0 = time.perf_counter()
-            lm.model(torch.tensor(ids), 0)
-            prefill.append(time.perf_counter() - t0)
+            with prefill:
+                lm.model(torch.tensor(ids), 0)
             for i in range(20):
-                t0 = time.perf_counter()
-                lm.model(torch.tensor([ids[i]]), 150 + i)
-                decode.append(time.perf_counter() - t0)
-    log(_stats("prefill, 150-token prompt", prefill))
-    log(_stats("decode, per token (ctx ~160)", decode))
+                with decode:
+                    lm.model(torch.tensor([ids[i]]), 150 + i)
+    log(_stats("prefill, 150-token prompt", prefill.wall, prefill.cpu))
+    log(_stats("decode, per token (ctx ~160)", decode.wall, decode.cpu))
     first_turn = [ChatMessage("system", SYSTEM), ChatMessage("user", "What time do you open tomorrow?")]
-    cold, warm = [], []
+    cold, warm = _Timer(), _Timer()
     for _ in range(repeat):
         lm.reset_cache()
-        t, answer = _ttft(lm, first_turn)
-        cold.append(t)
+        answer = _ttft(lm, first_turn, cold)
         follow = [*first_turn, ChatMessage("assistant", answer), ChatMessage("user", "Do you deliver on weekends?")]
-        warm.append(_ttft(lm, follow)[0])
-    log(f"prompt {len(lm.template.encode(first_turn))} tokens; reply: {answer!r}")
-    log(_stats("TTFT, first turn (cold cache)", cold))
-    log(_stats("TTFT, next turn (prefix reused)", warm))
+        _ttft(lm, follow, warm)
+    log(f"prompt {len(lm.template.encode(first_turn))} tokens, then {lm.last_prefill[1]} new; reply: {answer!r}")
+    log(_stats("TTFT, first turn (cold cache)", cold.wall, cold.cpu))
+    log(_stats("TTFT, next turn (prefix reused)", warm.wall, warm.cpu))
 
 
 def main() -> None:

@@ -104,7 +104,8 @@ class GGUFFile:
             out = _dequantize(np.asarray(data), info.qtype)
         except NotImplementedError as exc:
             raise ModelLoadError(f"{self.path}: tensor {name} has unsupported type {info.qtype.name}") from exc
-        return np.ascontiguousarray(out, dtype=np.float32).reshape(info.shape)
+        out = np.ascontiguousarray(out, dtype=np.float32).reshape(info.shape)
+        return out if out.flags.writeable else out.copy()  # F32 tensors come back as views of the file
 
 
 def _read_str(mv: memoryview, pos: int) -> tuple[str, int]:

@@ -240,17 +240,18 @@ def _config_from_metadata(meta: dict[str, object], path: Path) -> LlamaConfig:
 
 
 def _load_weights(model: Llama, gguf: GGUFFile, path: Path) -> None:
-    """Copy every GGUF tensor into `model`, strictly: shapes must match, nothing missing or left over."""
+    """Load every GGUF tensor into `model`, strictly: shapes must match, nothing missing or left over."""
     used: set[str] = set()
 
     def take(*names: str) -> torch.Tensor:
         used.update(names)
-        return torch.from_numpy(np.concatenate([gguf.load(n) for n in names], axis=0))
+        parts = [gguf.load(n) for n in names]
+        return torch.from_numpy(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0))
 
     def put(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
         if param.shape != value.shape:
             raise ModelLoadError(f"{path}: {what} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
-        param.copy_(value)
+        param.data = value  # adopt the dequantised buffer: no copy into fresh (page-faulting) memory
 
     with torch.no_grad():
         put(model.tok_embeddings.weight, take("token_embd.weight"), "token_embd.weight")
