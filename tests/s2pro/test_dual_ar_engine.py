@@ -121,7 +121,7 @@ def test_engine_equals_naive(name: str, dtype: torch.dtype) -> None:
     assert_engine_matches_naive(engine, None, SamplingParams(1.0, 0.9, 30), 12, seed=4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
 def test_engine_equals_naive_many_seeds(dtype: torch.dtype) -> None:
     cfg = make_config()
     engine = make_engine(cfg, dtype, seed=7)
