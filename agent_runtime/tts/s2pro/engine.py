@@ -300,8 +300,11 @@ class S2ProEngine:
         **kwargs: Any,
     ) -> S2ProEngine:
         """Load tokenizer + weights (strict) from a checkpoint directory."""
-        from agent_runtime.tts.s2pro.checkpoint import load_model
+        from agent_runtime.tts.s2pro.checkpoint import load_model, read_config_json
 
+        if not Path(checkpoint_dir).is_dir():
+            raise ModelLoadError(f"{checkpoint_dir}: checkpoint directory not found")
+        read_config_json(Path(checkpoint_dir))  # model-type check before anything else
         tokenizer = S2ProTokenizer(Path(checkpoint_dir))
         model = load_model(checkpoint_dir, tokenizer.semantic_begin_id, tokenizer.semantic_end_id, device, dtype)
         return cls(model, tokenizer, **kwargs)
