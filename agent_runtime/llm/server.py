@@ -24,6 +24,7 @@ from agent_runtime.llm.base import ChatMessage, GenerationOptions, LLMBackend
 log = logging.getLogger(__name__)
 BACKEND_KEY: web.AppKey[LLMBackend] = web.AppKey("backend", LLMBackend)
 MODEL_KEY: web.AppKey[str] = web.AppKey("model_id", str)
+READY_KEY: web.AppKey[asyncio.Event] = web.AppKey("ready", asyncio.Event)
 _ROLES = ("system", "user", "assistant")
 _DEFAULTS = GenerationOptions()
 
@@ -34,10 +35,15 @@ class BadRequest(ValueError):
         self.param = param
 
 
-def create_app(backend: LLMBackend, model_id: str) -> web.Application:
+def create_app(backend: LLMBackend, model_id: str, ready: asyncio.Event | None = None) -> web.Application:
+    """The app; `/health` answers 503 until `ready` is set (default: ready at once)."""
     app = web.Application(client_max_size=4 * 1024 * 1024)
     app[BACKEND_KEY] = backend
     app[MODEL_KEY] = model_id
+    if ready is None:
+        ready = asyncio.Event()
+        ready.set()
+    app[READY_KEY] = ready
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/health", health)
@@ -50,6 +56,8 @@ def error_response(status: int, message: str, kind: str, param: str | None = Non
 
 
 async def health(request: web.Request) -> web.Response:
+    if not request.app[READY_KEY].is_set():
+        return web.json_response({"status": "loading", "model": request.app[MODEL_KEY]}, status=503)
     return web.json_response({"status": "ok", "model": request.app[MODEL_KEY]})
 
 
@@ -172,14 +180,16 @@ def _number(body: dict[str, Any], key: str, default: float, low: float, high: fl
 
 
 async def serve(backend: LLMBackend, model_id: str, host: str = "127.0.0.1", port: int = 8088) -> None:
-    """Warm the backend, listen, and serve until cancelled (Ctrl-C)."""
+    """Listen (fails fast if the port is taken), load the model, and serve until cancelled (Ctrl-C)."""
     t0 = time.perf_counter()
-    await backend.warmup()
-    runner = web.AppRunner(create_app(backend, model_id), access_log=None, shutdown_timeout=1.0)
+    ready = asyncio.Event()
+    runner = web.AppRunner(create_app(backend, model_id, ready), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
         await site.start()
+        await backend.warmup()
+        ready.set()
         log.info("model %s ready in %.1f s; serving http://%s:%d/v1", model_id, time.perf_counter() - t0, host, port)
         print(f"llm-serve: listening on http://{host}:{port}/v1 (model {model_id})", flush=True)
         await asyncio.Event().wait()
