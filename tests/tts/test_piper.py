@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from agent_runtime.errors import ConfigError, ModelLoadError
+from agent_runtime.tts import piper_engine
 from agent_runtime.tts.base import TTSChunk
 from agent_runtime.tts.piper_engine import (
     PiperSynthesizer,
@@ -46,12 +47,15 @@ def test_option_errors() -> None:
         PiperSynthesizer.from_options(speed=1.2, length_scale=0.8)
 
 
-def test_speed_option_shortens_speech(piper: PiperSynthesizer) -> None:
-    fast = PiperSynthesizer.from_options(speed=1.5, noise=0.0, noise_w=0.0)
-    assert fast.syn_config.length_scale == pytest.approx(1 / 1.5)
+def test_speed_option_shortens_speech(piper: PiperSynthesizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(piper_engine, "_load_voice", lambda *a, **k: piper.voice)  # reuse the loaded voice
+    fast = PiperSynthesizer.from_options(speed=1.5, noise=0.0, noise_w=0.0, volume=0.5)
+    cfg = fast.syn_config
+    assert (cfg.length_scale, cfg.noise_scale, cfg.noise_w_scale) == (pytest.approx(1 / 1.5), 0.0, 0.0)
     text = "The quick brown fox jumps."
-    ratio = len(fast.synthesize_text(text)) / len(piper.synthesize_text(text))
-    assert 0.55 < ratio < 0.8
+    fast_audio, normal_audio = fast.synthesize_text(text), piper.synthesize_text(text)
+    assert 0.55 < len(fast_audio) / len(normal_audio) < 0.8
+    assert float(np.abs(fast_audio).max()) == pytest.approx(0.5, abs=1e-3)
 
 
 def test_text_cleaning() -> None:
@@ -121,7 +125,7 @@ async def test_stream_cancel_stops_further_chunks(piper: PiperSynthesizer) -> No
 
 
 def test_shared_voice_is_safe_across_threads(piper: PiperSynthesizer) -> None:
-    texts = ["Thread one speaks this sentence.", "Thread two speaks another sentence."]
+    texts = ["One, two, three.", "Four, five, six."]
     expected = [piper.synthesize_text(t) for t in texts]
     results: dict[int, np.ndarray] = {}
 
