@@ -68,7 +68,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         normalize_audio: bool = True,
         threads: int = 0,
         use_cuda: bool = False,
-        chunker_config: ChunkerConfig | None = None,
+        chunker_config: ChunkerConfig | dict[str, Any] | None = None,
     ) -> None:
         """Load a voice (blocking, about 1 s).
 
@@ -76,7 +76,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         `<path>.json` unless `config_path`) or a directory holding one. `speed` (>1 faster) and
         `length_scale` (<1 faster) are alternatives. `noise_scale`/`noise_w_scale` (0 makes output
         deterministic) default to the voice's config. `threads` caps onnxruntime intra-op threads
-        (0: onnxruntime's default).
+        (0: onnxruntime's default). `chunker_config` (a ChunkerConfig or its fields) tunes segmenting.
         """
         if speed is not None and length_scale is not None:
             raise ConfigError("piper: give either speed or length_scale, not both")
@@ -99,6 +99,11 @@ class PiperSynthesizer(ChunkedSynthesizer):
             normalize_audio=normalize_audio,
             volume=volume,
         )
+        if isinstance(chunker_config, dict):
+            try:
+                chunker_config = ChunkerConfig(**chunker_config)
+            except TypeError as exc:
+                raise ConfigError(f"piper: chunker_config: {exc}") from None
         if chunker_config is not None:
             self.chunker_config = chunker_config
         log.debug("piper voice %s loaded in %.2fs", self.model_path.name, self.load_seconds)
