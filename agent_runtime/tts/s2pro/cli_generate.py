@@ -285,6 +285,37 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
         show("engine", label, stream.context_length, ttff, per_frame, extra)
         return ttff, per_frame, codes
 
+    def breakdown(voice_ref: VoiceReference | None, reps: int = 5) -> None:
+        """CPU ms of the parts of one decode frame (slow AR, head + 2 draws, fast AR + 9 draws)."""
+        from agent_runtime.tts.s2pro.engine import _fast_codes
+
+        stream = engine.open_stream(voice=voice_ref, params=params, seed=args.seed, max_frames=4)
+        it = stream.add_text(text)
+        next(it)
+        seg = stream._segment
+        assert seg is not None and seg.frame is not None
+        pos = seg.prompt_len
+
+        def cpu(fn: Any) -> float:
+            best = float("inf")
+            for _ in range(reps):
+                t = time.process_time()
+                fn()
+                best = min(best, time.process_time() - t)
+            return best * 1e3
+
+        with torch.inference_mode():
+            normed, fast_in = engine._decode(stream.cache, seg.frame, pos)
+            slow = cpu(lambda: engine._decode(stream.cache, seg.frame, pos))
+            head = cpu(lambda: engine._slow_token(normed, None, stream.sampler, stream.generator, stream.stats))
+            fast = cpu(
+                lambda: _fast_codes(
+                    model, fast_in, tok.semantic_begin_id, stream.fast_caches, stream._fast_sample, engine._fast_stepper
+                )
+            )
+        it.close()
+        print(f"  per-frame breakdown (best of {reps}, cpu ms): slow AR {slow:.1f}, head + 2 draws {head:.1f}, fast AR + 9 draws {fast:.1f}")
+
     def run_naive(label: str, voice_ref: VoiceReference | None, frames: int) -> Result:
         prompt = engine.builder.build(text, voice_ref)
         gen = torch.Generator(device=args.device)
@@ -306,6 +337,7 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
     e_none = run_engine("no voice", None, args.frames)
     e_cold = run_engine(f"voice {args.prefix_frames}f, cold", voice, args.frames)
     e_hot = run_engine(f"voice {args.prefix_frames}f, cached", voice, args.frames)
+    breakdown(voice)
     rss_engine = _peak_rss_mib()
     print(f"  prefix cache: {engine.prefix_hits} hits, {engine.prefix_misses} misses; peak RSS so far {rss_engine:.0f} MiB")
     print("naive reference (full re-prefill, full-length attention, full-vocabulary logits + sorts):")
