@@ -68,6 +68,47 @@ class StreamCache:
 
 
 # ----------------------------------------------------------------------------- convolutions
+# Streaming calls see short inputs (a few frames) but full-size weights. torch's CPU conv kernels
+# re-lay-out the weight on every call, which then dominates (a 1536->768 transposed conv on 5 steps:
+# ~0.6 s); one matrix product against the weight as stored costs ~1 ms. Full decodes keep torch's
+# kernels (the reference's arithmetic); streaming uses these GEMM forms (same sums, other order).
+def conv1d_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, dilation: int = 1) -> Tensor:
+    """Stride-1, ungrouped conv1d without padding as one GEMM: (B, C_in, L) -> (B, C_out, L - eff + 1)."""
+    c_out, c_in, k = weight.shape
+    bsz = x.shape[0]
+    cols = x.unfold(-1, (k - 1) * dilation + 1, 1)  # (B, C_in, L_out, eff)
+    if dilation > 1:
+        cols = cols[..., ::dilation]  # (B, C_in, L_out, k)
+    n_out = cols.shape[2]
+    cols = cols.permute(1, 3, 0, 2).reshape(c_in * k, bsz * n_out)
+    y = torch.mm(weight.reshape(c_out, c_in * k), cols)  # (C_out, B * L_out)
+    if bias is not None:
+        y = y + bias[:, None]
+    return y.view(c_out, bsz, n_out).transpose(0, 1)
+
+
+def conv_transpose1d_gemm(x: Tensor, weight: Tensor, bias: Tensor | None, stride: int) -> Tensor:
+    """ConvTranspose1d as a GEMM plus overlap-add: (B, C_in, L) -> (B, C_out, (L - 1) * stride + k)."""
+    c_in, c_out, k = weight.shape
+    bsz, _, length = x.shape
+    phases = math.ceil(k / stride)
+    xs = x.permute(0, 2, 1).reshape(bsz * length, c_in)
+    cols = torch.mm(xs, weight.reshape(c_in, c_out * k)).view(bsz, length, c_out, k)  # weight read row-major
+    if phases * stride != k:
+        cols = F.pad(cols, (0, phases * stride - k))
+    cols = cols.view(bsz, length, c_out, phases, stride)  # input t -> output block t + phase
+    y = x.new_zeros(bsz, length + phases - 1, c_out, stride)
+    for p in range(phases):
+        y[:, p : p + length] += cols[:, :, :, p]
+    y = y.permute(0, 2, 1, 3).reshape(bsz, c_out, -1)[..., : (length - 1) * stride + k]
+    return y if bias is None else y + bias[:, None]
+
+
+def _gemm_pays(n_out: int, c_in: int, k: int) -> bool:
+    """Short outputs relative to the weight: one GEMM beats the conv kernels (measured on CPU)."""
+    return 2 * n_out <= c_in * k
+
+
 class CausalConv1d(nn.Module):
     """Conv1d padded on the left by `dilation*(k-1)+1 - stride` (plus right zeros to complete a stride).
 
@@ -97,6 +138,10 @@ class CausalConv1d(nn.Module):
                     ctx = x.new_zeros(x.shape[0], x.shape[1], self.left_pad)
                 x = torch.cat([ctx, x], dim=-1)
                 cache.put(self, x[..., -self.left_pad:].clone())
+            k = self.conv.kernel_size[0]
+            n_out = x.shape[-1] - self.effective_kernel + 1
+            if self.conv.groups == 1 and x.device.type == "cpu" and _gemm_pays(n_out, x.shape[1], k):
+                return conv1d_gemm(x, self.conv.weight, self.conv.bias, self.conv.dilation[0])
         return self.conv(x).contiguous()
 
 
@@ -120,7 +165,10 @@ class CausalConvTranspose1d(nn.Module):
             x = torch.cat([ctx, x], dim=-1)
             cache.put(self, x[..., -self.context:].clone())
             n_ctx = self.context
-        y = self.conv(x)
+        if cache is not None and x.device.type == "cpu":
+            y = conv_transpose1d_gemm(x, self.conv.weight, self.conv.bias, self.stride)
+        else:
+            y = self.conv(x)
         y = y[..., n_ctx * self.stride : y.shape[-1] - self.trim]
         return y.contiguous()
 
