@@ -115,10 +115,14 @@ class ChatTemplate:
 
     def encode(self, messages: Sequence[ChatMessage]) -> list[int]:
         """Prompt ids, ending with the generation prompt `<|im_start|>assistant\\n`."""
+        return [*self.encode_history(messages), self.im_start, *self.tok.encode("assistant\n")]
+
+    def encode_history(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """The messages alone (no generation prompt): a prefix of `encode(messages + more)`."""
         ids: list[int] = []
         for role, content in self._turns(messages):
             ids += self.encode_message(role, content)
-        return [*ids, self.im_start, *self.tok.encode("assistant\n")]
+        return ids
 
     def encode_message(self, role: str, content: str) -> list[int]:
         return [self.im_start, *self.tok.encode(f"{role}\n{content}"), self.im_end, *self._newline]

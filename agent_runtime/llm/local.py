@@ -84,6 +84,15 @@ class LocalLLMBackend(LLMBackend):
             pass
         lm.reset_cache()
 
+    async def prime(self, messages: Sequence[ChatMessage]) -> None:
+        """Optional: prefill `messages` (system prompt + history) ahead of the next request.
+
+        Not part of the `LLMBackend` contract; a turn manager may call it while the caller speaks
+        so that the reply's time to first token only covers the new user message.
+        """
+        history = list(messages)
+        await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self.model().prime(history))
+
     async def stream_chat(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()

@@ -95,6 +95,34 @@ class LocalLM:
         self._cached = []
 
     @torch.inference_mode()
+    def prefill(self, prompt: Sequence[int], should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
+        """Bring the KV cache to `prompt`, feeding only what differs from the cached prefix.
+
+        Returns the logits after the last prompt token, or None if `should_stop()` interrupted it.
+        """
+        prompt = list(prompt)
+        reuse = min(_common_prefix(self._cached, prompt), len(prompt) - 1)  # feed >= 1 token for logits
+        t0 = time.perf_counter()
+        del self._cached[reuse:]
+        logits = None
+        for pos in range(reuse, len(prompt), PREFILL_CHUNK):  # chunked so a cancel lands quickly
+            chunk = prompt[pos : pos + PREFILL_CHUNK]
+            logits = self.model(torch.tensor(chunk), pos)
+            self._cached += chunk
+            if should_stop is not None and should_stop():
+                return None
+        self.last_prefill = (reuse, len(prompt) - reuse, time.perf_counter() - t0)
+        return logits
+
+    def prime(self, messages: Sequence[ChatMessage]) -> int:
+        """Prefill complete `messages` (e.g. system prompt + history while the caller speaks) so the
+        next request only feeds the new turn. Returns the number of cached tokens."""
+        ids = self.template.encode_history(messages)
+        if 1 < len(ids) <= self.max_context // 2:
+            self.prefill(ids)
+        return len(self._cached)
+
+    @torch.inference_mode()
     def generate(
         self,
         prompt: Sequence[int],
@@ -111,17 +139,9 @@ class LocalLM:
         budget = min(max_tokens, self.max_context - len(prompt))
         if budget <= 0:
             raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in a {self.max_context}-token context")
-        reuse = _common_prefix(self._cached, prompt)
-        reuse = min(reuse, len(prompt) - 1)  # at least one token must be fed to get logits
-        t0 = time.perf_counter()
-        del self._cached[reuse:]
-        for pos in range(reuse, len(prompt), PREFILL_CHUNK):  # chunked so a cancel lands quickly
-            chunk = prompt[pos : pos + PREFILL_CHUNK]
-            logits = self.model(torch.tensor(chunk), pos)
-            self._cached += chunk
-            if should_stop is not None and should_stop():
-                return
-        self.last_prefill = (reuse, len(prompt) - reuse, time.perf_counter() - t0)
+        logits = self.prefill(prompt, should_stop)
+        if logits is None:
+            return
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         for i in range(budget):
             token = _sample(logits, temperature, top_p, gen)

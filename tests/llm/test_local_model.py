@@ -109,3 +109,15 @@ def test_corrupt_files_are_rejected(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(ModelLoadError):
         LocalLM.load(empty)
+
+
+def test_prime_prefills_the_history(local_lm: LocalLM, on_worker: Callable[..., Any], reply: Callable[..., str]) -> None:
+    system, question = FRANCE[:1], FRANCE[1:]
+    local_lm.reset_cache()
+    cached = on_worker(local_lm.prime, system)
+    assert cached == len(local_lm.template.encode_history(system))
+    primed = reply([*system, *question])
+    reused, fed, _ = local_lm.last_prefill
+    assert reused == cached and fed < 20
+    local_lm.reset_cache()
+    assert primed == reply([*system, *question]) and "Paris" in primed
