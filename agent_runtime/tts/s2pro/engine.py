@@ -289,7 +289,7 @@ class S2ProEngine:
         if compile_fast:
             if model.device.type != "cuda":
                 raise ConfigError("compile_fast needs a CUDA device (on CPU it would break bit-exactness)")
-            self._fast_stepper.step = torch.compile(self._fast_stepper.step, dynamic=False)  # type: ignore[method-assign]
+            _compile_per_position(self._fast_stepper)
 
     @classmethod
     def load(
@@ -412,6 +412,24 @@ class S2ProEngine:
         if previous is not None and cfg.semantic_begin_id <= tok <= cfg.semantic_end_id and tok in previous:
             tok = tok_hi
         return tok
+
+
+def _compile_per_position(stepper: FastARStepper) -> None:
+    """torch.compile the fast-AR step once per codebook position (no recompiles on `pos`)."""
+    eager = stepper.step
+
+    def at(pos: int) -> Callable[..., Tensor | None]:
+        def run(x: Tensor, caches: list[LayerKV], want_logits: bool) -> Tensor | None:
+            return eager(x, pos, caches, want_logits)
+
+        return torch.compile(run, dynamic=False)
+
+    compiled = [at(p) for p in range(stepper.n_cb)]
+
+    def step(x: Tensor, pos: int, caches: list[LayerKV], want_logits: bool = True) -> Tensor | None:
+        return compiled[pos](x, caches, want_logits)
+
+    stepper.step = step  # type: ignore[method-assign]
 
 
 class _Segment:
