@@ -394,7 +394,10 @@ class S2ProEngine:
         kv_len = decode_kv_len(pos, self.cfg.cache_len)
         cache.ensure(kv_len)
         n = self.cfg.num_codebooks + 1
-        return self.model.forward_slow(frame.view(1, n, 1).to(self.device), cache.layers, pos, kv_len, math_sdpa=True)
+        # CPU: the reference's math backend (bit-exact). CUDA: the default (fused) kernels; GPU
+        # results are numerically equivalent only, whatever the backend (spec 8.10).
+        math_sdpa = self.device.type == "cpu"
+        return self.model.forward_slow(frame.view(1, n, 1).to(self.device), cache.layers, pos, kv_len, math_sdpa=math_sdpa)
 
     def _slow_token(
         self,
