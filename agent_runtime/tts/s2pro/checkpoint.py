@@ -182,13 +182,16 @@ def _build(f: dict[str, Any], sem_begin: int, sem_end: int) -> DualARConfig:
 
 def remap_hf_keys(weights: dict[str, Tensor]) -> dict[str, Tensor]:
     """HF names -> module names: strip `text_model.model.`; `audio_decoder.X` -> `fast_X`
-    except `audio_decoder.codebook_embeddings.*` (prefix just stripped)."""
+    except `audio_decoder.codebook_embeddings.*` (prefix just stripped); an untied
+    `text_model.lm_head.weight` -> `output.weight`."""
     if not any(k.startswith(("text_model.", "audio_decoder.")) for k in weights):
         return weights
     out: dict[str, Tensor] = OrderedDict()
     for key, value in weights.items():
         if key.startswith("text_model.model."):
             new = key[len("text_model.model.") :]
+        elif key == "text_model.lm_head.weight":  # untied head; the reference leaves it unloaded (random)
+            new = "output.weight"
         elif key.startswith("audio_decoder."):
             rest = key[len("audio_decoder.") :]
             new = rest if rest.startswith("codebook_embeddings.") else "fast_" + rest
