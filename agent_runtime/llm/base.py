@@ -53,6 +53,10 @@ class LLMBackend(ABC):
     def stream_chat(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
         """Stream the assistant reply to `messages` as text deltas."""
 
+    async def prime(self, messages: Sequence[ChatMessage]) -> None:  # noqa: B027 - optional hook
+        """Optionally prepare for a request that will start with `messages` (system prompt + history),
+        e.g. prefill their KV cache while the caller is still speaking. Must be safe to skip."""
+
     async def warmup(self) -> None:  # noqa: B027 - optional hook
         """Load weights / open connections ahead of the first turn (optional)."""
 

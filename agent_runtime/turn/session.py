@@ -164,7 +164,17 @@ class Session:
             return
         if reply is not None and not reply.audible:
             await self._drop_unheard(reply)
+        elif reply is None:
+            self._spawn(self._prime_llm())
         self._set_state(TurnState.USER_SPEAKING)
+
+    async def _prime_llm(self) -> None:
+        """While the caller talks, let the LLM prefill the part of the prompt it already knows."""
+        prefix = [ChatMessage("system", self.config.llm.system_prompt), *self.history[-self.config.turn.max_history_messages :]]
+        try:
+            await self.llm.prime(prefix)
+        except Exception as exc:  # an optimisation only: never let it hurt the call
+            log.debug("session %s: LLM prime failed: %s", self.session_id, exc)
 
     async def _on_speech_stop(self, when: float) -> None:
         reply = self._reply
