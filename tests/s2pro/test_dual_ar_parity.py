@@ -149,16 +149,18 @@ def test_cli_generate_reproduces_gen_codes(case: dict, tmp_path: Path) -> None:
     np.testing.assert_array_equal(codes, case["expected"]["gen_codes"])
 
 
-def test_cli_generate_bad_reference_codes(case: dict, tmp_path: Path) -> None:
+def test_cli_generate_bad_reference_codes(case: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent_runtime.cli import main
+
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((3, 5), dtype=np.int64))
-    res = _cli(
-        [
-            "s2pro", "generate", "--checkpoint", str(case["dir"] / "tiny"), "--text", "hi",
-            "--reference-text", "ref", "--reference-codes", str(bad), "--dtype", "fp32", "--out", str(tmp_path / "o.npy"),
-        ],
-        tmp_path,
-    )  # fmt: skip
-    assert res.returncode == 2
-    assert "expected shape (4, frames)" in res.stderr
-    assert len(res.stderr.strip().splitlines()) == 1
+    argv = [
+        "s2pro", "generate", "--checkpoint", str(case["dir"] / "tiny"), "--text", "hi",
+        "--reference-text", "ref", "--reference-codes", str(bad), "--dtype", "fp32", "--out", str(tmp_path / "o.npy"),
+    ]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "expected shape (4, frames)" in err
+    assert len(err.strip().splitlines()) == 1
