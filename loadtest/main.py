@@ -77,7 +77,13 @@ async def orchestrate(args: argparse.Namespace, scenario: Scenario, slo: SLO, au
             procs.append(rt)
             runs.append(await _run_one(scenario, slo, audio, rt.url, rt.pid, "agent-runtime", "real engines, shared llm-serve", show))
             await rt.stop()
-            bot = await srv.start_pipecat(llm.url)
+            from agent_runtime.config import load_config
+
+            rc = load_config(cfg)
+            bot = await srv.start_pipecat(
+                llm.url, system_prompt=rc.llm.system_prompt, max_tokens=rc.llm.max_tokens,
+                stop_secs=rc.turn.end_of_turn_silence_ms / 1000, max_calls=rc.server.max_sessions,
+            )
             procs.append(bot)
             runs.append(await _run_one(scenario, slo, audio, bot.url, bot.pid, "pipecat", "same engines, shared llm-serve", show))
         elif args.start_server:
@@ -138,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         if args.instant_engines and not args.start_server:
             raise ScenarioError("--instant-engines needs --start-server")
         audio = prepare(scenario)
+        from agent_runtime.transport.webrtc import use_loopback_host_candidates
+
+        use_loopback_host_candidates(True)  # the callers' own ICE candidates: 127.0.0.1 only
         doc = asyncio.run(orchestrate(args, scenario, slo, audio))
     except (ScenarioError, NotLoopbackError, ServerStartError) as exc:
         print(f"agent-runtime loadtest: error: {exc}", file=sys.stderr)

@@ -57,6 +57,7 @@ class Runner:
         self.in_flight = 0
         self.started_calls = 0
         self._level = -1
+        self._sampler: ProcSampler | None = None
 
     def planned_seconds(self) -> float:
         return sum(d for _, d in self.plan)
@@ -112,9 +113,9 @@ class Runner:
 
     async def run(self) -> RunResult:
         res = RunResult(time.monotonic(), [])
-        sampler = None
+        sampler = self._sampler = None
         if self.pid is not None:
-            sampler = ProcSampler(self.pid, self.s.measure.sample_interval_s, res.t0,
+            sampler = self._sampler = ProcSampler(self.pid, self.s.measure.sample_interval_s, res.t0,
                                   extra=lambda: {"active_calls": self.in_flight, "level": self._level})
             sampler.start()
         try:
@@ -135,6 +136,8 @@ class Runner:
             self._collect(rec, res, -1, into_warmup=True)
         self.started_calls = 0
         res.t0 = t0 = time.monotonic()
+        if self._sampler is not None:
+            self._sampler.t0 = t0  # resource times count from the first level, like the samples
         plan_end = t0 + self.planned_seconds()
         edge = t0
         for c, d in self.plan:
