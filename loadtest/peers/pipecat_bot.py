@@ -107,7 +107,9 @@ async def run_call(connection, args: argparse.Namespace) -> None:
     )
     from pipecat.transports.base_transport import TransportParams
     from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
-    from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import SpeechTimeoutUserTurnStopStrategy
+    from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
+        SpeechTimeoutUserTurnStopStrategy,
+    )
     from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
     stt, llm, tts = await asyncio.to_thread(build_services, args)
