@@ -366,3 +366,16 @@ def test_compile_refused_on_cpu() -> None:
     cfg = make_config()
     with pytest.raises(ConfigError, match="CUDA"):
         S2ProEngine(make_model(cfg, torch.float32), _SyntheticTokenizer(cfg.semantic_begin_id, 32), compile_fast=True)
+
+
+def test_add_text_normalises_speaker_turns_like_generate_long() -> None:
+    cfg = make_config()
+    engine = make_engine(cfg, torch.float32, seed=2)
+    messy = "dropped <|speaker:0|>  Hi there.  <|speaker:1|> Bye. "
+    a = engine.open_stream(params=PARAMS, seed=3, max_frames=6)
+    b = engine.open_stream(params=PARAMS, seed=3, max_frames=6)
+    np.testing.assert_array_equal(a.generate(messy), b.generate("<|speaker:0|>  Hi there.\n<|speaker:1|> Bye."))
+    assert a.context_length == b.context_length
+    raw = engine.open_stream(params=PARAMS, seed=3, max_frames=6)
+    list(raw.add_text(messy, raw=True))
+    assert raw.context_length > a.context_length

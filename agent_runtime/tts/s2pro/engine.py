@@ -46,6 +46,7 @@ from agent_runtime.tts.s2pro.prompt import (
     S2ProTokenizer,
     TokenizerLike,
     VoiceReference,
+    one_batch_text,
     split_batches,
 )
 from agent_runtime.tts.s2pro.sampling import (
@@ -533,7 +534,9 @@ class S2ProStream:
         """Stop the running segment before its next frame (thread-safe)."""
         self.cancelled.set()
 
-    def _begin(self, text: str, max_frames: int | None) -> _Segment:
+    def _begin(self, text: str, max_frames: int | None, raw: bool = False) -> _Segment:
+        if not raw:
+            text = one_batch_text(text)
         with self._lock:
             if self._segment is not None and not self._segment.done:
                 raise RuntimeError("a segment of this stream is still being generated")
@@ -580,11 +583,12 @@ class S2ProStream:
             return torch.zeros((self.engine.cfg.num_codebooks, 0), dtype=torch.long)
         return torch.stack(kept, dim=1)[1:]
 
-    def add_text(self, text: str, *, max_frames: int | None = None) -> Iterator[np.ndarray]:
+    def add_text(self, text: str, *, max_frames: int | None = None, raw: bool = False) -> Iterator[np.ndarray]:
         """Generate the speech of one text segment as frames (int64 (num_codebooks,)) in the
-        calling thread. The text is used as one user turn (pass `prompt.one_batch_text(text)` for
-        generate_long's speaker-turn normalisation)."""
-        segment = self._begin(text, max_frames)
+        calling thread. The segment becomes one user turn, normalised as generate_long does for a
+        batch (speaker turns stripped and joined by newlines; `raw=True` keeps the text as is).
+        Frames come out as soon as they are known to be kept (the reference drops the last one)."""
+        segment = self._begin(text, max_frames, raw)
         try:
             while (frame := segment.step()) is not None:
                 yield frame
@@ -593,9 +597,12 @@ class S2ProStream:
                 if self._segment is segment:
                     self._finish_segment()
 
-    async def add_text_async(self, text: str, *, max_frames: int | None = None) -> AsyncIterator[np.ndarray]:
-        """Async version of `add_text`: steps run on the engine's worker thread."""
-        segment = self._begin(text, max_frames)
+    async def add_text_async(
+        self, text: str, *, max_frames: int | None = None, raw: bool = False
+    ) -> AsyncIterator[np.ndarray]:
+        """Async version of `add_text`: steps run on the engine's worker thread; cancel with
+        `cancel()` or by leaving the loop (the frame in flight is finished, then it stops)."""
+        segment = self._begin(text, max_frames, raw)
         try:
             while True:
                 frame = await asyncio.wrap_future(self.engine.scheduler.submit_step(segment))
