@@ -27,14 +27,15 @@ def _nice_max(v: float) -> float:
 
 
 def line_chart(series: list[tuple[str, list[tuple[float, float]]]], title: str, xlabel: str, ylabel: str,
-               *, step: bool = False, y_max: float | None = None, markers: bool = False) -> str:
-    """An SVG line chart; `series` is [(label, [(x, y), ...])]."""
+               *, step: bool = False, y_max: float | None = None, markers: bool = False,
+               hline: float | None = None, vline: float | None = None) -> str:
+    """An SVG line chart; `series` is [(label, [(x, y), ...])]; `hline`/`vline` draw an SLO limit."""
     pts = [p for _, s in series for p in s]
     if not pts:
         return f'<div class="empty">{html.escape(title)}: no data</div>'
     x0 = min(0.0, min(x for x, _ in pts))
-    x1 = _nice_max(max(x for x, _ in pts)) if max(x for x, _ in pts) > 0 else 1.0
-    y1 = y_max or _nice_max(max(y for _, y in pts))
+    x1 = _nice_max(max([x for x, _ in pts] + [vline or 0])) if max(x for x, _ in pts) > 0 else 1.0
+    y1 = y_max or _nice_max(max([y for _, y in pts] + [hline or 0]))
     pw, ph = W - PAD_L - PAD_R, H - PAD_T - PAD_B
 
     def sx(x: float) -> float:
@@ -54,6 +55,12 @@ def line_chart(series: list[tuple[str, list[tuple[float, float]]]], title: str, 
     out.append(f'<text x="{W / 2}" y="{H - 4}" class="xl">{html.escape(xlabel)}</text>')
     out.append(f'<text x="12" y="{PAD_T + ph / 2}" class="yl" transform="rotate(-90 12 {PAD_T + ph / 2})">'
                f'{html.escape(ylabel)}</text>')
+    if hline is not None:
+        out.append(f'<line x1="{PAD_L}" x2="{W - PAD_R}" y1="{sy(hline):.1f}" y2="{sy(hline):.1f}" class="slo"/>'
+                   f'<text x="{PAD_L + 4}" y="{sy(hline) - 4:.1f}" class="sl">SLO {hline:g}</text>')
+    if vline is not None:
+        out.append(f'<line x1="{sx(vline):.1f}" x2="{sx(vline):.1f}" y1="{PAD_T}" y2="{PAD_T + ph}" class="slo"/>'
+                   f'<text x="{sx(vline) + 4:.1f}" y="{PAD_T + ph - 6}" class="sl">SLO p95 {vline:g}</text>')
     for k, (label, s) in enumerate(series):
         if not s:
             continue
@@ -79,6 +86,7 @@ def _cdf(values: list[float]) -> list[tuple[float, float]]:
 
 def run_section(run: dict[str, Any]) -> str:
     levels = run["levels"]
+    limit = run["slo"].get("voice_to_voice_p95_ms")
     samples = run["samples"]
     by_level = [
         (f"{lv['concurrency']} calls", _cdf([s["voice_to_voice_ms"] for s in samples
@@ -98,8 +106,8 @@ def run_section(run: dict[str, Any]) -> str:
         f'<p class="{"ok" if v["ok"] else "bad"}">{html.escape(v["line"])}</p>',
         '<div class="row">',
         line_chart(by_level, "Voice-to-voice latency CDF per concurrency", "ms (caller side)", "fraction",
-                   step=True, y_max=1.0),
-        line_chart(pct + barge, "Latency vs concurrency", "concurrent calls", "ms", markers=True),
+                   step=True, y_max=1.0, vline=limit),
+        line_chart(pct + barge, "Latency vs concurrency", "concurrent calls", "ms", markers=True, hline=limit),
         line_chart(rss, "Server RSS over time", "seconds", "MB"),
         line_chart(cpu, "Server CPU over time", "seconds", "% of one core"),
         "</div>", level_table(levels),
@@ -114,7 +122,7 @@ def _f(x: Any) -> str:
 
 
 def level_table(levels: list[dict[str, Any]]) -> str:
-    head = ("<tr><th>calls</th><th>concurrency</th><th>turns</th><th>v2v p50</th><th>p95</th><th>p99</th>"
+    head = ("<tr><th>concurrency</th><th>calls</th><th>turns</th><th>v2v p50</th><th>p95</th><th>p99</th>"
             "<th>barge-in p95</th><th>failed</th><th>dropped</th><th>underrun</th><th>server stages p95 (ms)</th>"
             "<th>CPU p50 %</th><th>RSS max MB</th><th>SLO</th></tr>")
     rows = []
@@ -123,7 +131,7 @@ def level_table(levels: list[dict[str, Any]]) -> str:
         stages = ", ".join(f"{k} {_f(s.get('p95'))}" for k, s in lv["server_stage_ms"].items()) or "–"
         slo = "ok" if lv["slo_ok"] else "FAIL: " + "; ".join(lv["slo_failures"])
         rows.append(
-            f"<tr><td>{lv['calls']}</td><td>{lv['concurrency']}</td><td>{lv['turns']}</td><td>{_f(v['p50'])}</td>"
+            f"<tr><td>{lv['concurrency']}</td><td>{lv['calls']}</td><td>{lv['turns']}</td><td>{_f(v['p50'])}</td>"
             f"<td>{_f(v['p95'])}</td><td>{_f(v['p99'])}</td><td>{_f(lv['barge_in_ms']['p95'])}</td>"
             f"<td>{lv['failed_calls']}</td><td>{lv['dropped_calls']}</td><td>{lv['underrun_rate']:.2%}</td>"
             f"<td class='small'>{html.escape(stages)}</td><td>{_f(lv['server_cpu_pct']['p50'])}</td>"
@@ -148,6 +156,7 @@ CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#111}h1{font-size
 .t{font-size:13px;text-anchor:middle;font-weight:600}.xl{font-size:11px;text-anchor:middle;fill:#444}
 .yl{font-size:11px;text-anchor:end;fill:#444}.lg{font-size:12px;text-anchor:end}.g{stroke:#eee}
 table{border-collapse:collapse;margin-top:12px}td,th{border:1px solid #ddd;padding:3px 7px;text-align:right}
+.slo{stroke:#b91c1c;stroke-dasharray:5 4}.sl{font-size:11px;fill:#b91c1c}
 .small{font-size:11px;text-align:left;max-width:320px}.ok{color:#15803d}.bad{color:#b91c1c}small{color:#555}"""
 
 
