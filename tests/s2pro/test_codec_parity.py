@@ -132,6 +132,18 @@ def test_encode_resamples_and_mixes_down(tiny: S2ProCodec, tmp_path: Path) -> No
     assert codes.shape == (1, 4, -(-len(audio.samples) // 32))
 
 
+@pytest.mark.parametrize("rate", [8000, 16000, 22050, 48000])
+def test_reference_resampler(rate: int) -> None:
+    from agent_runtime.tts.s2pro.codec_audio import resample_reference
+
+    n = rate // 2 + 7
+    t = np.arange(n) / rate
+    y = resample_reference((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), rate, 44100)
+    assert y.dtype == np.float32 and len(y) == -(-n * 44100 // rate)
+    t2 = np.arange(len(y)) / 44100
+    assert np.abs(y[500:-500] - 0.5 * np.sin(2 * np.pi * 440 * t2[500:-500])).max() < 1e-3
+
+
 def test_default_config_is_s2pro() -> None:
     cfg = CodecConfig.default()
     assert (cfg.sample_rate, cfg.frame_length, cfg.num_codebooks, cfg.latent_dim) == (44100, 2048, 10, 1024)

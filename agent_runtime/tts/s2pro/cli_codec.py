@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(enc)
     enc.add_argument("--audio", required=True, metavar="IN.wav", help="input audio file")
     enc.add_argument("--out", required=True, metavar="CODES.npy", help="output codes (.npy)")
+    enc.add_argument("--resampler", choices=("reference", "soxr"), default="reference",
+                     help="for files not at the codec rate: the reference's windowed-sinc (default) or soxr")
     enc.set_defaults(func=cmd_encode)
 
     dec = sub.add_parser(
@@ -126,7 +128,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if out.suffix.lower() != ".npy":
         raise ConfigError(f"--out {out}: codes are written as .npy")
     codec = _load(args)
-    audio = read_audio(args.audio, codec.sample_rate)
+    audio = read_audio(args.audio, codec.sample_rate, resampler=args.resampler)
     codes = codec.encode(torch.from_numpy(audio.samples))[0].cpu().numpy().astype(np.int64)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(out, codes)

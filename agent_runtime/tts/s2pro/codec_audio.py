@@ -1,11 +1,15 @@
 """Small audio I/O for the codec tools: read a WAV as the codec wants it, write decoded audio.
 
-Reading follows the reference: samples as float (PCM16 = int16 / 32768), channels averaged to
-mono, resampled to the codec rate (soxr, very high quality) when the file's rate differs.
+Reading follows the reference (fish-speech's codec CLI): samples as float (PCM16 = int16 / 32768),
+channels averaged to mono, resampled to the codec rate when the file's rate differs. The default
+resampler reproduces the reference's windowed-sinc interpolation (torchaudio's default method:
+Hann window, 6 zero crossings, roll-off 0.99), so codes of non-44.1 kHz files match the reference;
+`resampler="soxr"` uses soxr (very high quality) instead.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +37,39 @@ class LoadedAudio:
 CLIP_LEVEL = 0.999
 
 
-def read_audio(path: str | Path, sample_rate: int) -> LoadedAudio:
+RESAMPLERS = ("reference", "soxr")
+
+
+def resample_reference(x: np.ndarray, orig: int, new: int, zero_crossings: int = 6, rolloff: float = 0.99) -> np.ndarray:
+    """Windowed-sinc resampling of float32 mono `x` from `orig` to `new` Hz, in float32.
+
+    For output phase j and input offset i the filter is sinc(pi f t) * cos(pi t / (2 z))^2 * f / orig
+    with f = rolloff * min(orig, new), t = f * (i / orig - j / new) clamped to +-z (all in the
+    reduced rates orig/g, new/g); applied as one strided convolution; output length ceil(L * new / orig).
+    """
+    import torch
+
+    if orig == new:
+        return x
+    g = math.gcd(int(orig), int(new))
+    orig, new = int(orig) // g, int(new) // g
+    cutoff = min(orig, new) * rolloff
+    width = math.ceil(zero_crossings * orig / cutoff)
+    offsets = torch.arange(-width, width + orig, dtype=torch.float32)[None, None] / orig
+    t = torch.arange(0, -new, -1, dtype=torch.float32)[:, None, None] / new + offsets
+    t = (t * cutoff).clamp(-zero_crossings, zero_crossings)
+    window = torch.cos(t * math.pi / zero_crossings / 2) ** 2
+    t = t * math.pi
+    kernel = torch.where(t == 0, torch.tensor(1.0), t.sin() / t) * (window * (cutoff / orig))  # (new, 1, taps)
+    wav = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None]
+    length = wav.shape[-1]
+    padded = torch.nn.functional.pad(wav, (width, width + orig))[0]
+    frames = padded.unfold(0, kernel.shape[-1], orig)  # (steps, taps): a strided convolution as one GEMM
+    out = (frames @ kernel[:, 0].t()).reshape(-1)  # (steps * new,)
+    return out[: math.ceil(new * length / orig)].numpy()
+
+
+def read_audio(path: str | Path, sample_rate: int, resampler: str = "reference") -> LoadedAudio:
     """Read an audio file (WAV, FLAC, ... anything libsndfile reads) as float32 mono at `sample_rate`."""
     p = Path(path)
     if not p.is_file():
@@ -51,7 +87,12 @@ def read_audio(path: str | Path, sample_rate: int) -> LoadedAudio:
     mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     mono = np.ascontiguousarray(mono, dtype=np.float32)
     if rate != sample_rate:
-        mono = soxr.resample(mono, rate, sample_rate, quality="VHQ").astype(np.float32)
+        if resampler == "soxr":
+            mono = soxr.resample(mono, rate, sample_rate, quality="VHQ").astype(np.float32)
+        elif resampler == "reference":
+            mono = resample_reference(mono, rate, sample_rate)
+        else:
+            raise ValueError(f"unknown resampler {resampler!r} (use one of {RESAMPLERS})")
     return LoadedAudio(mono, sample_rate, int(rate), int(data.shape[1]), peak, clipped)
 
 
