@@ -61,7 +61,7 @@ def build(
     v = verdict(slo, levels)
     for lv, chk in zip(levels, v.levels, strict=True):
         lv["slo_ok"], lv["slo_failures"] = chk.ok, chk.failures
-    rss = [r["rss_mb"] for r in res.resources]
+    rss = [r["rss_mb"] for r in res.resources if r["t"] >= 0]  # after the warm-up calls
     doc = {
         "schema": "agent-runtime-loadtest/1",
         "target": target, "url": url, "mode": mode,
@@ -91,7 +91,7 @@ def text_summary(doc: dict[str, Any]) -> str:
             f"{f(lv['server_rss_mb']['max']):>7}  {'ok' if lv['slo_ok'] else 'FAIL'}"
         )
     if doc.get("rss_growth_mb") is not None:
-        lines.append(f"server RSS growth over the run: {doc['rss_growth_mb']:+.1f} MB")
+        lines.append(f"server RSS growth over the run (after warm-up): {doc['rss_growth_mb']:+.1f} MB")
     if doc["stopped_early"]:
         lines.append(f"stopped early: {doc['stopped_early']}")
     return "\n".join(lines)
