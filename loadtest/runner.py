@@ -136,8 +136,10 @@ class Runner:
             self._collect(rec, res, -1, into_warmup=True)
         self.started_calls = 0
         res.t0 = t0 = time.monotonic()
-        if self._sampler is not None:
-            self._sampler.t0 = t0  # resource times count from the first level, like the samples
+        if self._sampler is not None:  # resource times count from the first level, like the samples
+            for smp in self._sampler.samples:  # warm-up samples: negative times
+                smp["t"] = round(smp["t"] - (t0 - self._sampler.t0), 2)
+            self._sampler.t0 = t0
         plan_end = t0 + self.planned_seconds()
         edge = t0
         for c, d in self.plan:
