@@ -10,6 +10,8 @@ Engines usually only implement `Synthesizer.open_utterance()`, returning an `Utt
 blocking `synthesize(segment)` yields audio for one segment; `StreamingSynthesisStream` provides the
 queueing, threading, cancellation and tagging around it. An engine may keep state across the
 segments of one utterance (S2-Pro continues its context so the voice carries across segments).
+Engines that run their own worker implement `AsyncUtteranceSynth.synthesize_async` instead, and the
+stream awaits it on the event loop.
 """
 
 from __future__ import annotations
@@ -52,6 +54,18 @@ class UtteranceSynth(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free per-utterance state."""
+
+
+class AsyncUtteranceSynth(UtteranceSynth):
+    """An utterance whose engine has its own worker (a model thread, a network client).
+
+    The stream awaits `synthesize_async` on the event loop instead of spending a pool thread per
+    reply on the blocking `synthesize` (which such engines still provide, for tools and tests).
+    """
+
+    @abstractmethod
+    def synthesize_async(self, text: str) -> AsyncIterator[np.ndarray]:
+        """Async form of `synthesize`: yields audio blocks as they exist; never blocks the loop."""
 
 
 class SynthesisStream(ABC):

@@ -2,7 +2,8 @@
 
 `ChunkedSynthesizer` turns an engine that can speak one segment at a time (`open_utterance()`) into
 the runtime's `Synthesizer` contract: text deltas are cut by a `TextChunker`, segments are spoken in
-order in a worker thread, audio blocks come back on the event loop as `TTSChunk`s, and `cancel()`
+order in a worker thread (or, for an `AsyncUtteranceSynth`, awaited on the loop while the engine's
+own worker computes), audio blocks come back on the event loop as `TTSChunk`s, and `cancel()`
 stops between two blocks.
 """
 
@@ -18,7 +19,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from agent_runtime.audio.frame import float_to_pcm16
-from agent_runtime.tts.base import SynthesisStream, Synthesizer, TTSChunk, UtteranceSynth
+from agent_runtime.tts.base import AsyncUtteranceSynth, SynthesisStream, Synthesizer, TTSChunk, UtteranceSynth
 from agent_runtime.tts.chunker import ChunkerConfig, TextChunker
 
 _END = object()
@@ -99,7 +100,10 @@ class StreamingSynthesisStream(SynthesisStream):
                 if item is _END:
                     break
                 assert isinstance(item, str)
-                await asyncio.to_thread(self._speak_segment, item, segment_id)
+                if isinstance(self._utterance, AsyncUtteranceSynth):
+                    await self._speak_segment_async(self._utterance, item, segment_id)
+                else:
+                    await asyncio.to_thread(self._speak_segment, item, segment_id)
                 segment_id += 1
         except asyncio.CancelledError:
             raise
@@ -123,6 +127,19 @@ class StreamingSynthesisStream(SynthesisStream):
                 self._emit(TTSChunk(pcm, rate, segment_id, text, False, time.monotonic()))
         if not self._cancelled.is_set():  # an empty closing chunk marks the segment's end
             self._emit(TTSChunk(np.zeros(0, dtype=np.int16), rate, segment_id, text, True, time.monotonic()))
+
+    async def _speak_segment_async(self, utterance: AsyncUtteranceSynth, text: str, segment_id: int) -> None:
+        """On the loop, for engines with their own worker: same tagging as `_speak_segment`."""
+        rate = self._synth.sample_rate
+        async with contextlib.aclosing(utterance.synthesize_async(text)) as blocks:
+            async for block in blocks:
+                if self._cancelled.is_set():
+                    return
+                pcm = block if block.dtype == np.int16 else float_to_pcm16(block)
+                if len(pcm):
+                    self._chunks.put_nowait(TTSChunk(pcm, rate, segment_id, text, False, time.monotonic()))
+        if not self._cancelled.is_set():
+            self._chunks.put_nowait(TTSChunk(np.zeros(0, dtype=np.int16), rate, segment_id, text, True, time.monotonic()))
 
     def _emit(self, chunk: TTSChunk) -> None:
         self._loop.call_soon_threadsafe(self._chunks.put_nowait, chunk)

@@ -583,6 +583,18 @@ class S2ProStream:
             return torch.zeros((self.engine.cfg.num_codebooks, 0), dtype=torch.long)
         return torch.stack(kept, dim=1)[1:]
 
+    def start_segment(self, text: str, *, max_frames: int | None = None, raw: bool = False) -> _Segment:
+        """Begin a segment without generating (the step-by-step form of `add_text`, for callers
+        that drive the engine's queue themselves): submit `engine.scheduler.submit_step(segment)`
+        until it yields None, then call `end_segment(segment)`. Call on the model thread."""
+        return self._begin(text, max_frames, raw)
+
+    def end_segment(self, segment: _Segment) -> None:
+        """Close `segment` (finished or abandoned); its kept frames become the context."""
+        with self._lock:
+            if self._segment is segment:
+                self._finish_segment()
+
     def add_text(self, text: str, *, max_frames: int | None = None, raw: bool = False) -> Iterator[np.ndarray]:
         """Generate the speech of one text segment as frames (int64 (num_codebooks,)) in the
         calling thread. The segment becomes one user turn, normalised as generate_long does for a

@@ -1,0 +1,93 @@
+"""Text segmentation for S2-Pro: the runtime's chunker plus S2-Pro's speaker tags and a size cap.
+
+The generic `TextChunker` already releases the first segment at the first speakable clause, keeps
+later segments at sentence ends, and never cuts inside a bracketed inline tag (`[whisper]`,
+`[excited tone]`), a number ("3.5", "1,000", "9:30") or after an abbreviation ("Dr."), with CJK
+punctuation for scripts without spaces. S2-Pro adds:
+
+* speaker tags `<|speaker:N|>` are atomic and start a new segment (a turn boundary is the best cut
+  there is, and every segment then speaks one speaker's words);
+* inline tags do not count as words when deciding whether a first clause is speakable
+  ("[laugh] Oh," is one word, not two);
+* later segments are larger by default (each is one user turn of the conversation: longer turns
+  give the model more prosodic context and cost fewer turn headers), capped at `max_chars`
+  (the reference's generate_long batches are <= 300 UTF-8 bytes): past the cap the text is cut at
+  the last space outside tags, or anywhere outside a tag for text without spaces.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from agent_runtime.tts.chunker import ChunkerConfig, TextChunker, _speakable
+
+SPEAKER_TAG = re.compile(r"<\|speaker:\d+\|>")
+_TAGS = re.compile(r"\[[^\[\]]*\]|<\|[^|<>]*\|>")  # complete inline or special tags
+
+
+@dataclass(frozen=True, slots=True)
+class S2ProChunkerConfig(ChunkerConfig):
+    """`ChunkerConfig` with S2-Pro's defaults (a larger later segment) and a hard size cap."""
+
+    first_min_words: int = 3
+    first_min_chars: int = 8
+    later_min_chars: int = 60
+    later_max_chars: int = 200
+    max_chars: int = 300
+    """A segment longer than this is cut at the last space (outside tags) even without punctuation."""
+
+
+DEFAULT_CHUNKING = S2ProChunkerConfig()
+
+
+class S2ProTextChunker(TextChunker):
+    """`TextChunker` that respects speaker tags and caps segment length (see the module doc)."""
+
+    def __init__(self, config: ChunkerConfig | None = None) -> None:
+        super().__init__(config or DEFAULT_CHUNKING)
+        self.max_chars = int(getattr(self.config, "max_chars", DEFAULT_CHUNKING.max_chars))
+
+    def _find_cut(self, final: bool) -> int | None:
+        cuts = [c for c in (self._speaker_cut(), self._punctuation_cut(final), self._cap_cut()) if c is not None]
+        return min(cuts) if cuts else None
+
+    def _punctuation_cut(self, final: bool) -> int | None:
+        """The generic rules on a copy of the buffer whose complete tags are blanked out (same
+        length, so the cut indexes the real buffer): tags hold no cut points and count as no words."""
+        real = self._buf
+        self._buf = _TAGS.sub(lambda m: " " * len(m.group(0)), real)
+        try:
+            return super()._find_cut(final)
+        finally:
+            self._buf = real
+
+    def _speaker_cut(self) -> int | None:
+        """Cut right before a speaker tag that follows speakable text."""
+        for m in SPEAKER_TAG.finditer(self._buf):
+            if m.start() > 0 and _speakable(SPEAKER_TAG.sub(" ", self._buf[: m.start()])):
+                return m.start()
+        return None
+
+    def _cap_cut(self) -> int | None:
+        """Cut an over-long run without punctuation at its last space (or character) outside tags."""
+        if len(self._buf) <= self.max_chars:
+            return None
+        limit = self.max_chars
+        protected = [(m.start(), m.end()) for m in _TAGS.finditer(self._buf)]
+        blanked = _TAGS.sub(lambda m: " " * len(m.group(0)), self._buf)
+        opener = max(blanked.rfind("["), blanked.rfind("<|"))
+        if opener >= 0:  # a tag still being written: nothing inside it is a cut point
+            protected.append((opener, len(self._buf) + 1))
+
+        def inside(i: int) -> bool:
+            return any(s < i < e for s, e in protected)
+
+        for i in range(limit, 0, -1):
+            if self._buf[i - 1].isspace() and not inside(i):
+                return i
+        for i in range(limit, 0, -1):  # no space at all (CJK): any character boundary outside tags
+            if not inside(i) and _speakable(self._buf[:i]):
+                return i
+        return None
+

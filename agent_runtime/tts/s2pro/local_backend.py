@@ -1,0 +1,378 @@
+"""The `local` S2-Pro backend: the Dual-AR engine and the streaming codec in this process.
+
+Placement. Every tensor operation runs on the engine's one model thread (`S2ProEngine.scheduler`):
+opening a reply's stream (voice prefix from the prefix cache), each frame step, and each codec
+chunk. Nothing blocks the event loop and no thread is held per reply: a segment is a chain of jobs
+on the model thread's queue, each completion submitting the next job from the model thread itself
+(a future callback), so the chain does not wait for the event loop either. Audio blocks are handed
+to the loop with `call_soon_threadsafe`.
+
+Sharing and batching. Many replies (of many sessions) share the engine: each owns an `S2ProStream`
+(its KV cache, sampler state and random generator) and a `CodecStreamDecoder`. The model thread
+drains its queue in rounds: the pending calls (stream openings, codec chunks) first, then every
+pending frame step, one per active segment, in the scheduler's `_run_steps` - the single place
+where a GPU build batches concurrent decode steps into one forward. On CPU they run one after
+another, which keeps each stream bit-exact and independent of how many others run (same seed,
+same audio). Codec chunks run before the next round of steps, so a finished chunk is never kept
+waiting behind other streams' frames.
+
+One reply = one utterance: its segments continue the same stream (previous codes stay in the
+context, KV reused), and its codec decoder carries its state across segments, so the audio of the
+reply is one continuous decode. At a segment end the decoder is flushed, so every segment's audio
+is complete before the next segment's begins (segment boundaries map to audio exactly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import re
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent_runtime.errors import ConfigError
+from agent_runtime.tts.base import AsyncUtteranceSynth
+from agent_runtime.tts.s2pro.backend import S2ProBackend
+from agent_runtime.tts.s2pro.chunking import SPEAKER_TAG
+from agent_runtime.tts.s2pro.codec import S2ProCodec
+from agent_runtime.tts.s2pro.engine import S2ProEngine, S2ProStream
+from agent_runtime.tts.s2pro.prompt import VoiceReference
+from agent_runtime.tts.s2pro.sampling import SamplingParams
+from agent_runtime.tts.s2pro.streaming import CodecStreamDecoder
+
+log = logging.getLogger(__name__)
+
+_END = object()
+_TAG = re.compile(r"\[[^\]]*\]|<\|[^|]*\|>")
+DEFAULT_PARAMS = SamplingParams(temperature=0.8, top_p=0.8, top_k=30)  # as the fixtures and benchmarks
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """Per-reply generation settings of the local backend."""
+
+    params: SamplingParams = DEFAULT_PARAMS
+    seed: int | None = None
+    """None: a fresh random seed per reply; an int: every reply starts from this seed (reproducible)."""
+    first_chunk_frames: int = 2
+    """Frames in the first codec chunk of a reply (1 frame = 46.4 ms of S2-Pro audio)."""
+    chunk_frames: int = 8
+    """Frames per later codec chunk."""
+    max_frames_per_segment: int | None = None
+    """Generation cap per segment (the reference's max_new_tokens). None: 64 + 6 per character of
+    text (tags excluded), far above real speech; 0: up to the context end."""
+
+    def __post_init__(self) -> None:
+        if self.first_chunk_frames < 1 or self.chunk_frames < 1:
+            raise ConfigError("s2pro: first_chunk_frames and chunk_frames must be >= 1")
+        if self.max_frames_per_segment is not None and self.max_frames_per_segment < 0:
+            raise ConfigError("s2pro: max_frames_per_segment must be >= 0")
+
+    def frame_cap(self, text: str) -> int:
+        if self.max_frames_per_segment is not None:
+            return self.max_frames_per_segment
+        return 64 + 6 * len(_TAG.sub("", text))
+
+
+class LocalBackend(S2ProBackend):
+    """The Dual-AR engine + codec in process; see the module doc for placement and batching."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        engine: S2ProEngine,
+        codec: S2ProCodec,
+        voice: VoiceReference | None = None,
+        settings: LocalSettings | None = None,
+    ) -> None:
+        cfg = engine.cfg
+        if codec.num_codebooks != cfg.num_codebooks:
+            raise ConfigError(
+                f"s2pro: the codec has {codec.num_codebooks} codebooks, the Dual-AR model {cfg.num_codebooks}"
+            )
+        if voice is not None and any(c.shape[0] != cfg.num_codebooks for c in voice.codes):
+            raise ConfigError(f"s2pro: the voice's codes do not have the model's {cfg.num_codebooks} codebooks")
+        self.engine = engine
+        self.codec = codec
+        self.voice = voice
+        self.settings = settings or LocalSettings()
+        q = codec.config.quantizer
+        sizes = [q.semantic_codebook_size] + [q.residual_codebook_size] * (codec.num_codebooks - 1)
+        self._code_max = np.asarray(sizes, dtype=np.int64) - 1
+        self.clamped_frames = 0  # frames with a code beyond the codec's codebook (random weights)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    def open_utterance(self) -> LocalUtterance:
+        return LocalUtterance(self)
+
+    def run_on_model_thread(self, fn: Callable[[], Any]) -> Any:
+        """Run `fn` on the model thread and wait for it (blocking; never from the event loop)."""
+        return self.engine.scheduler.submit(fn).result()
+
+    def warmup(self) -> None:
+        """Prefill the voice prefix into the prefix cache and speak a few frames end to end."""
+        self.run_on_model_thread(lambda: self.engine.prepare_voice(self.voice))
+        utt = LocalUtterance(self, max_frames=4)
+        try:
+            for _ in utt.synthesize("Hello."):
+                pass
+        finally:
+            utt.close()
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def describe(self) -> dict[str, Any]:
+        cfg = self.engine.cfg
+        return {
+            **super().describe(),
+            "device": str(self.engine.device),
+            "dtype": str(self.engine.model.dtype).removeprefix("torch."),
+            "codebooks": f"{cfg.num_codebooks}x{cfg.codebook_size}",
+            "voice": self.voice.voice_id if self.voice is not None else None,
+            "first_chunk_frames": self.settings.first_chunk_frames,
+            "chunk_frames": self.settings.chunk_frames,
+        }
+
+    def _clip_codes(self, frame: np.ndarray) -> np.ndarray:
+        """Codes the codec can decode: a trained model stays within each codebook; random weights
+        may not (the Dual-AR's residual vocabulary can exceed the codec's residual codebooks)."""
+        if np.any(frame > self._code_max):
+            self.clamped_frames += 1
+            if self.clamped_frames == 1:
+                log.warning("s2pro: generated codes beyond the codec's codebooks were clamped (random weights?)")
+            return np.minimum(frame, self._code_max)
+        return frame
+
+
+class LocalUtterance(AsyncUtteranceSynth):
+    """One reply on the local backend: one `S2ProStream` and one codec decoder for all segments.
+
+    Counters for tests and tools: `frames_generated` (frames the engine produced),
+    `frames_at_cancel` (that count when `cancel()` was called), `segment_frames` (kept frames per
+    finished segment) and `segment_samples` (audio samples per finished segment).
+    """
+
+    def __init__(self, backend: LocalBackend, max_frames: int | None = None) -> None:
+        self.backend = backend
+        s = backend.settings
+        self.decoder = CodecStreamDecoder(backend.codec, s.first_chunk_frames, s.chunk_frames)
+        self.stream: S2ProStream | None = None  # opened on the model thread by the first segment
+        self.cancelled = threading.Event()
+        self.frames_generated = 0
+        self.frames_at_cancel: int | None = None
+        self.segment_frames: list[int] = []
+        self.segment_samples: list[int] = []
+        self._max_frames = max_frames
+        self._speaker: str | None = None
+
+    # -- AsyncUtteranceSynth -----------------------------------------------------------------------
+    async def synthesize_async(self, text: str) -> AsyncIterator[np.ndarray]:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+
+        def deliver(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(items.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                self.cancel()
+
+        done = False
+        _SegmentRun(self, text, deliver).start()
+        try:
+            while True:
+                item = await items.get()
+                if item is _END:
+                    done = True
+                    return
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                yield item
+        finally:
+            if not done:  # the consumer left early: stop generating for this reply
+                self.cancel()
+
+    def synthesize(self, text: str) -> Iterator[np.ndarray]:
+        items: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        done = False
+        _SegmentRun(self, text, items.put).start()
+        try:
+            while True:
+                item = items.get()
+                if item is _END:
+                    done = True
+                    return
+                if isinstance(item, BaseException):
+                    done = True
+                    raise item
+                yield item
+        finally:
+            if not done:
+                self.cancel()
+
+    def cancel(self) -> None:
+        if not self.cancelled.is_set():
+            self.frames_at_cancel = self.frames_generated
+            self.cancelled.set()
+        if self.stream is not None:
+            self.stream.cancel()
+
+    def close(self) -> None:
+        self.cancel()
+
+    # -- model-thread helpers ------------------------------------------------------------------------
+    def _segment_text(self, text: str) -> str:
+        """Carry the current speaker tag to segments that do not start with one."""
+        tags = SPEAKER_TAG.findall(text)
+        if tags:
+            starts_tagged = SPEAKER_TAG.match(text.lstrip()) is not None
+            prefixed = text if starts_tagged or self._speaker is None else self._speaker + text
+            self._speaker = tags[-1]
+            return prefixed
+        return self._speaker + text if self._speaker is not None else text
+
+    def _open_segment(self, text: str) -> Any:
+        b = self.backend
+        if self.stream is None:
+            s = b.settings
+            generator = None
+            if s.seed is None:
+                generator = torch.Generator(device=b.engine.device)
+                generator.seed()
+            self.stream = b.engine.open_stream(b.voice, params=s.params, seed=s.seed, generator=generator)
+        cap = self._max_frames if self._max_frames is not None else b.settings.frame_cap(text)
+        return self.stream.start_segment(self._segment_text(text), max_frames=cap)
+
+    def _blocks(self, audio: list[np.ndarray]) -> list[np.ndarray]:
+        """Codec chunks cut into one block per frame (46 ms at S2-Pro rates)."""
+        n = self.backend.codec.frame_length
+        return [a[i : i + n] for a in audio for i in range(0, len(a), n)]
+
+
+class _SegmentRun:
+    """One segment as a chain of model-thread jobs: open -> (step -> decode)* -> flush.
+
+    Each job's completion callback (running on the model thread) submits the next job, so the chain
+    never waits for the event loop. `deliver` receives audio blocks, then `_END` or an exception.
+    """
+
+    def __init__(self, utt: LocalUtterance, text: str, deliver: Callable[[Any], None]) -> None:
+        self.utt = utt
+        self.text = text
+        self.deliver = deliver
+        self.sched = utt.backend.engine.scheduler
+        self.segment: Any = None
+        self.kept = 0
+        self.samples = 0
+
+    def start(self) -> None:
+        if self.utt.cancelled.is_set():
+            self.deliver(_END)
+            return
+        self._chain(self.sched.submit(lambda: self.utt._open_segment(self.text)), self._after_open)
+
+    def _chain(self, fut: Future[Any], then: Callable[[Future[Any]], None]) -> None:
+        def callback(f: Future[Any]) -> None:
+            try:
+                then(f)
+            except BaseException as exc:  # a callback must never swallow an error silently
+                self._fail(exc)
+
+        fut.add_done_callback(callback)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.segment is not None and self.utt.stream is not None:
+            stream, segment = self.utt.stream, self.segment
+            self.segment = None
+            with contextlib.suppress(RuntimeError):  # the engine is closed
+                self.sched.submit(lambda: stream.end_segment(segment))
+        self.deliver(exc)
+
+    def _after_open(self, fut: Future[Any]) -> None:
+        if fut.cancelled():
+            self.deliver(_END)
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self.deliver(exc)
+            return
+        self.segment = fut.result()
+        self._next_step()
+
+    def _next_step(self) -> None:
+        if self.utt.cancelled.is_set():
+            self._finish()
+            return
+        self._chain(self.sched.submit_step(self.segment), self._after_step)
+
+    def _after_step(self, fut: Future[Any]) -> None:
+        if fut.cancelled():
+            self._finish()
+            return
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(exc)
+            return
+        frame = fut.result()
+        if frame is None:
+            self._finish()
+            return
+        self.utt.frames_generated += 1
+        if self.utt.cancelled.is_set():
+            self._finish()
+            return
+        self.kept += 1
+        codes = self.utt.backend._clip_codes(frame)
+        self.sched.submit(lambda: self._decode(codes))
+        self._next_step()
+
+    def _decode(self, codes: np.ndarray) -> None:
+        """Model thread: buffer one frame in the codec decoder, emit any finished chunk."""
+        if self.utt.cancelled.is_set():
+            return
+        for block in self.utt._blocks(self.utt.decoder.push(codes[:, None])):
+            self.samples += len(block)
+            self.deliver(block)
+
+    def _finish(self) -> None:
+        def flush() -> None:
+            utt = self.utt
+            if utt.stream is not None and self.segment is not None:
+                utt.stream.end_segment(self.segment)
+            if not utt.cancelled.is_set():
+                for block in utt._blocks(utt.decoder.flush()):
+                    self.samples += len(block)
+                    self.deliver(block)
+                utt.segment_frames.append(self.kept)
+                utt.segment_samples.append(self.samples)
+            self.deliver(_END)
+
+        fut = self.sched.submit(flush)
+        self._chain(fut, lambda f: None if f.exception() is None else self.deliver(f.exception()))
+
+
+def load_voice(name: str | None, library: str | Path | None) -> VoiceReference | None:
+    """The voice reference for library voice `name` (None: no reference, the model's own voice)."""
+    if name is None:
+        return None
+    from agent_runtime.tts.s2pro.voices import VoiceError, VoiceLibrary
+
+    try:
+        voice = VoiceLibrary(library).get(name)
+    except VoiceError as exc:
+        raise ConfigError(f"s2pro: {exc}") from None
+    return VoiceReference.create(voice.text, voice.codes, voice_id=voice.name)

@@ -1,0 +1,154 @@
+"""`S2ProSynthesizer`: Fish Audio S2-Pro behind the runtime's streaming TTS contract.
+
+    tts:
+      engine: s2pro
+      options:
+        backend: local                 # the only backend so far (see backend.py for the seam)
+        checkpoint: checkpoints/s2-pro # Dual-AR directory (config.json, model.safetensors, tokenizer)
+        codec: checkpoints/s2-pro/codec.pth
+        voice: alice                   # a voice-library name; omitted: the model's own voice
+        seed: 7                        # reproducible replies; omitted: random per reply
+
+A reply's text is cut by `S2ProTextChunker` (first clause first, larger later segments, tags and
+numbers kept whole, speaker turns respected); every segment continues the same Dual-AR stream, and
+frames go to the streaming codec as they are generated (a small first chunk, larger later ones).
+Audio comes out as float32 blocks of one codec frame at the codec's rate (44.1 kHz); the runtime
+resamples to the transport's rate. Each `TTSChunk` carries its segment's text, so the session
+knows which text was heard when a barge-in cuts the reply.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from agent_runtime.errors import ConfigError
+from agent_runtime.tts.base import SynthesisStream, UtteranceSynth
+from agent_runtime.tts.chunker import ChunkerConfig
+from agent_runtime.tts.s2pro.backend import BACKENDS, S2ProBackend
+from agent_runtime.tts.s2pro.chunking import DEFAULT_CHUNKING, S2ProChunkerConfig, S2ProTextChunker
+from agent_runtime.tts.stream import ChunkedSynthesizer, StreamingSynthesisStream
+
+log = logging.getLogger(__name__)
+
+DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+class S2ProSynthesizer(ChunkedSynthesizer):
+    """Streaming S2-Pro TTS on a backend (shared by every session)."""
+
+    name = "s2pro"
+
+    def __init__(self, backend: S2ProBackend, chunker_config: ChunkerConfig | dict[str, Any] | None = None) -> None:
+        self.backend = backend
+        self.sample_rate = backend.sample_rate
+        if isinstance(chunker_config, dict):
+            try:
+                chunker_config = S2ProChunkerConfig(**chunker_config)
+            except TypeError as exc:
+                raise ConfigError(f"s2pro: chunker_config: {exc}") from None
+        self.chunker_config = chunker_config or DEFAULT_CHUNKING
+
+    @classmethod
+    def from_options(cls, **options: Any) -> S2ProSynthesizer:
+        """Build from `tts.options` (see `load_local`'s arguments, plus `backend` and
+        `chunker_config`). Unknown keys raise ConfigError."""
+        backend_name = options.pop("backend", "local")
+        if backend_name not in BACKENDS:
+            raise ConfigError(f"s2pro: unknown backend {backend_name!r} (available: {', '.join(BACKENDS)})")
+        chunker_config = options.pop("chunker_config", None)
+        known = [p for p in inspect.signature(load_local).parameters]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown s2pro option(s) {', '.join(unknown)} (known: backend, chunker_config, {', '.join(known)})"
+            )
+        if options.get("checkpoint") is None or options.get("codec") is None:
+            raise ConfigError("s2pro: tts.options needs checkpoint (Dual-AR directory) and codec (codec.pth)")
+        return cls(load_local(**options), chunker_config)
+
+    def open_utterance(self) -> UtteranceSynth:
+        return self.backend.open_utterance()
+
+    def open_stream(self, chunking: ChunkerConfig | None = None) -> SynthesisStream:
+        return StreamingSynthesisStream(self, S2ProTextChunker(chunking or self.chunker_config))
+
+    def warmup(self) -> None:
+        self.backend.warmup()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def describe(self) -> dict[str, Any]:
+        return self.backend.describe()
+
+
+def load_local(
+    checkpoint: str | Path,
+    codec: str | Path,
+    codec_config: str | Path | None = None,
+    voice: str | None = None,
+    voice_library: str | Path | None = None,
+    device: str = "cpu",
+    dtype: str = "auto",
+    codec_dtype: str = "fp32",
+    temperature: float = 0.8,
+    top_p: float = 0.8,
+    top_k: int = 30,
+    seed: int | None = None,
+    first_chunk_frames: int = 2,
+    chunk_frames: int = 8,
+    max_frames_per_segment: int | None = None,
+    prefix_cache_size: int = 16,
+    compile_fast: bool = False,
+) -> S2ProBackend:
+    """Load the local backend (blocking: seconds on the real 9 GB checkpoint).
+
+    `checkpoint`: Dual-AR directory; `codec`: codec.pth (`codec_config`: its architecture JSON,
+    default the S2-Pro codec); `voice`: a voice-library name (`voice_library`: the library root,
+    default `$AGENT_RUNTIME_VOICES` or ~/.local/share/agent-runtime/voices), none = no reference;
+    `device`: cpu or cuda[:N]; `dtype`: Dual-AR weights, auto = bf16 on CUDA, fp32 on CPU (where
+    it is the faster and the bit-exact choice); `codec_dtype`: fp32 or bf16; sampling
+    `temperature`/`top_p`/`top_k`; `seed` (None: random per reply); `first_chunk_frames` /
+    `chunk_frames`: codec chunk sizes; `max_frames_per_segment` (None: from the text length,
+    0: no cap); `prefix_cache_size`: voice prefixes kept prefilled; `compile_fast`: torch.compile
+    the fast AR (CUDA only).
+    """
+    import torch
+
+    from agent_runtime.tts.s2pro.codec_loader import load_codec
+    from agent_runtime.tts.s2pro.engine import S2ProEngine
+    from agent_runtime.tts.s2pro.local_backend import LocalBackend, LocalSettings, load_voice
+    from agent_runtime.tts.s2pro.sampling import SamplingParams
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"s2pro: device {device!r} but CUDA is not available (use device: cpu)")
+    if dtype == "auto":
+        dtype = "bf16" if device.startswith("cuda") else "fp32"
+    if dtype not in DTYPE_NAMES:
+        raise ConfigError(f"s2pro: dtype must be auto, {', '.join(DTYPE_NAMES)}; got {dtype!r}")
+    try:
+        params = SamplingParams(float(temperature), float(top_p), int(top_k))
+    except ValueError as exc:
+        raise ConfigError(f"s2pro: {exc}") from None
+    settings = LocalSettings(params, seed, int(first_chunk_frames), int(chunk_frames), max_frames_per_segment)
+    reference = load_voice(voice, voice_library)
+    started = time.perf_counter()
+    engine = S2ProEngine.load(
+        checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]),
+        prefix_cache_size=prefix_cache_size, compile_fast=compile_fast,
+    )  # fmt: skip
+    try:
+        codec_model = load_codec(codec, codec_config, dtype=codec_dtype, device=device)
+        backend = LocalBackend(engine, codec_model, reference, settings)
+    except BaseException:
+        engine.close()
+        raise
+    log.info(
+        "S2-Pro local backend: %s on %s (%s), codec %s, voice %s, loaded in %.1f s",
+        Path(checkpoint).name, device, dtype, Path(codec).name, voice or "(model's own)", time.perf_counter() - started,
+    )  # fmt: skip
+    return backend
