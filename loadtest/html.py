@@ -143,12 +143,15 @@ def level_table(levels: list[dict[str, Any]]) -> str:
 def comparison_table(cmp: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{r['concurrency']}</td><td>{_f(r['runtime_p50'])}</td><td>{_f(r['pipecat_p50'])}</td>"
-        f"<td>{_f(r['runtime_p95'])}</td><td>{_f(r['pipecat_p95'])}</td><td><b>{r['ratio_p95'] or '–'}</b></td></tr>"
+        f"<td>{_f(r['runtime_p95'])}</td><td>{_f(r['pipecat_p95'])}</td><td><b>{r['ratio_p95'] or '–'}</b></td>"
+        f"<td>{_f(r.get('runtime_barge_in_p95'))}</td><td>{_f(r.get('pipecat_barge_in_p95'))}</td>"
+        f"<td><b>{r.get('ratio_barge_in_p95') or '–'}</b></td></tr>"
         for r in cmp["levels"]
     )
     return ("<h2>agent-runtime vs Pipecat (same engines, same machine, same run)</h2>"
             f"<p>{html.escape(cmp['line'])}</p><table><tr><th>concurrency</th><th>runtime p50</th><th>pipecat p50</th>"
-            f"<th>runtime p95</th><th>pipecat p95</th><th>pipecat/runtime p95</th></tr>{rows}</table>")
+            f"<th>runtime p95</th><th>pipecat p95</th><th>pipecat/runtime p95</th><th>runtime barge-in p95</th>"
+            f"<th>pipecat barge-in p95</th><th>pipecat/runtime barge-in</th></tr>{rows}</table>")
 
 
 CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#111}h1{font-size:20px}h2{font-size:17px;margin-top:28px}

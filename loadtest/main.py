@@ -112,9 +112,12 @@ def compare(rt: dict[str, Any], pc: dict[str, Any]) -> dict[str, Any]:
         def ratio(x: float | None, y: float | None) -> float | None:
             return round(y / x, 2) if x and y else None
 
+        ba, bb = a["barge_in_ms"], b["barge_in_ms"]
         rows.append({"concurrency": a["concurrency"], "runtime_p50": ra["p50"], "pipecat_p50": rb["p50"],
                      "runtime_p95": ra["p95"], "pipecat_p95": rb["p95"],
-                     "ratio_p50": ratio(ra["p50"], rb["p50"]), "ratio_p95": ratio(ra["p95"], rb["p95"])})
+                     "ratio_p50": ratio(ra["p50"], rb["p50"]), "ratio_p95": ratio(ra["p95"], rb["p95"]),
+                     "runtime_barge_in_p95": ba["p95"], "pipecat_barge_in_p95": bb["p95"],
+                     "ratio_barge_in_p95": ratio(ba["p95"], bb["p95"])})
     r95 = [r["ratio_p95"] for r in rows if r["ratio_p95"]]
     line = (f"Pipecat p95 voice-to-voice is {r95[0]:.2f}x agent-runtime's at {rows[0]['concurrency']} call(s)"
             + (f", {r95[-1]:.2f}x at {rows[-1]['concurrency']}" if len(r95) > 1 else "")
