@@ -132,3 +132,17 @@ def test_state_stops_growing_at_the_window(tiny, codes) -> None:
         sizes.append(dec.state_nbytes())
     assert sizes[0] < sizes[12]  # grows while the attention window fills (128 frames)
     assert len(set(sizes[13:])) == 1  # then constant
+
+
+def test_bench_runs_on_tiny_shapes(s2pro_fixtures: Path) -> None:
+    from agent_runtime.tts.s2pro.codec_bench import BenchOptions, run_bench
+
+    lines: list[str] = []
+    res = run_bench(
+        BenchOptions(seconds=0.05, chunk_frames=8, sizes=(1, 2), repeats=1, threads=1,
+                     config_path=str(s2pro_fixtures / "codec_tiny.json")),
+        log=lines.append,
+    )
+    assert set(res["chunk_ms"]) == {1, 2}
+    assert res["stream_total_s"] > 0 and res["prefix_total_s"] > 0 and res["peak_mib"] > 0
+    assert any("ratio" in line for line in lines)

@@ -83,8 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--first-chunk-frames", type=int, default=1, help="frames in the first chunk (default 1)")
     bench.add_argument("--sizes", default="1,2,4", help="chunk sizes (frames) timed in part 1 (default 1,2,4)")
     bench.add_argument("--repeats", type=int, default=5, help="timed repeats per chunk size (median; default 5)")
-    bench.add_argument("--prefix-points", type=int, default=3,
-                       help="prefix re-decodes actually timed; the others follow the fitted linear cost (default 3)")
+    bench.add_argument("--prefix-points", type=int, default=2,
+                       help="prefix re-decodes actually timed (evenly spaced over the first half of the chunks); "
+                       "the others follow the fitted linear cost (default 2)")
     bench.add_argument("--prefix-all", action="store_true", help="time every prefix re-decode (slow: quadratic)")
     bench.add_argument("--skip-prefix", action="store_true", help="skip the re-decode-the-prefix baseline")
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N] when a GPU is available")
