@@ -204,6 +204,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads, skip_prefix=args.skip_prefix, prefix_all=args.prefix_all,
         prefix_points=args.prefix_points, config_path=args.codec_config,
     )
+    import torch
+
+    torch.set_flush_denormal(True)  # random weights: keep denormals from distorting the timings
     res = run_bench(opts, log=lambda line: print(line, flush=True))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2, default=str) + "\n")

@@ -100,7 +100,6 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
     """Run the benchmark, printing a report through `log`; returns the figures."""
     if opts.threads:
         torch.set_num_threads(opts.threads)
-    torch.set_flush_denormal(True)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[opts.dtype]
     cfg = CodecConfig.from_json(opts.config_path) if opts.config_path else CodecConfig.default()
     frame_ms = 1000.0 * cfg.frame_length / cfg.sample_rate
