@@ -27,6 +27,13 @@ class Transport(ABC):
     async def send(self, frame: AudioFrame) -> None:
         """Queue one outbound frame (mono int16 at `output_sample_rate`)."""
 
+    async def wait_writable(self) -> None:  # noqa: B027 - optional hook
+        """Return once `send()` would accept a frame without waiting.
+
+        The runtime awaits this before deciding to send the next frame, so that a barge-in that
+        pauses playout meanwhile holds that frame back instead of queueing it.
+        """
+
     @abstractmethod
     async def clear(self) -> None:
         """Drop all queued outbound audio immediately."""

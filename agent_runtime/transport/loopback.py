@@ -68,6 +68,11 @@ class LoopbackTransport(Transport):
         async with self._agent_audio:
             self._agent_audio.notify_all()
 
+    async def wait_writable(self) -> None:
+        wait = self._play_head - time.monotonic() - 0.020
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     async def clear(self) -> None:
         now = time.monotonic()
         kept = []

@@ -167,6 +167,11 @@ class TwilioTransport(Transport):
             except (ConnectionError, RuntimeError):
                 self.closed = True
 
+    async def wait_writable(self) -> None:
+        wait = self._play_head - time.monotonic() - 0.020
+        if wait > 0:
+            await asyncio.sleep(wait)
+
     async def send(self, frame: AudioFrame) -> None:
         if frame.sample_rate != TWILIO_RATE:
             raise ValueError(f"Twilio transport plays {TWILIO_RATE} Hz, got {frame.sample_rate}")

@@ -134,6 +134,12 @@ class AgentAudioTrack(MediaStreamTrack):
             await self._space.wait()
         self._buf = np.concatenate([self._buf, pcm]) if len(self._buf) else pcm.copy()
 
+    async def wait_space(self) -> None:
+        """Wait until a frame can be queued without blocking."""
+        while len(self._buf) >= self.frame_samples:
+            self._space.clear()
+            await self._space.wait()
+
     def clear(self) -> None:
         self._buf = np.zeros(0, dtype=np.int16)
         self._space.set()
@@ -295,6 +301,10 @@ class WebRTCTransport(Transport):
         if self._closed:
             return
         await self.track.push(frame.mono().pcm)
+
+    async def wait_writable(self) -> None:
+        if not self._closed:
+            await self.track.wait_space()
 
     async def clear(self) -> None:
         self.track.clear()

@@ -233,11 +233,13 @@ class Reply:
             seg.played = max(seg.played, seg.produced)
 
     async def _send(self, frame: AudioFrame, seg: _Segment) -> None:
+        transport = self.session.transport
+        await transport.wait_writable()  # pace first, so a pause decided meanwhile holds this frame
         await self._playing.wait()
         now = time.monotonic()
         if not self.audible:
             self.audible = True
             self.metrics.first_audio_out = now
             self.session.on_first_audio(self)
-        await self.session.transport.send(AudioFrame(frame.pcm, frame.sample_rate, now))
+        await transport.send(AudioFrame(frame.pcm, frame.sample_rate, now))
         seg.played = min(seg.produced, seg.played + frame.num_samples)
