@@ -118,10 +118,14 @@ def compare(rt: dict[str, Any], pc: dict[str, Any]) -> dict[str, Any]:
                      "ratio_p50": ratio(ra["p50"], rb["p50"]), "ratio_p95": ratio(ra["p95"], rb["p95"]),
                      "runtime_barge_in_p95": ba["p95"], "pipecat_barge_in_p95": bb["p95"],
                      "ratio_barge_in_p95": ratio(ba["p95"], bb["p95"])})
-    r95 = [r["ratio_p95"] for r in rows if r["ratio_p95"]]
-    line = (f"Pipecat p95 voice-to-voice is {r95[0]:.2f}x agent-runtime's at {rows[0]['concurrency']} call(s)"
-            + (f", {r95[-1]:.2f}x at {rows[-1]['concurrency']}" if len(r95) > 1 else "")
-            if r95 else "no comparable samples")
+    parts = []
+    for r in rows:
+        bits = [f"{name} {r[key]:.2f}x" for name, key in
+                (("p50", "ratio_p50"), ("p95", "ratio_p95"), ("barge-in p95", "ratio_barge_in_p95")) if r[key]]
+        if bits:
+            parts.append(f"at {r['concurrency']} call(s): {', '.join(bits)}")
+    line = ("Pipecat / agent-runtime latency (voice-to-voice, barge-in; > 1: agent-runtime is faster) "
+            + "; ".join(parts)) if parts else "no comparable samples"
     return {"levels": rows, "line": line,
             "max_concurrency_at_slo": {"agent-runtime": rt["verdict"]["max_concurrency_at_slo"],
                                        "pipecat": pc["verdict"]["max_concurrency_at_slo"]}}
