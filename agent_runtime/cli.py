@@ -31,6 +31,7 @@ _TOP_LEVEL_COMMANDS: list[tuple[str, str]] = [
 _S2PRO_COMMANDS: list[tuple[str, str]] = [
     ("agent_runtime.tts.s2pro.cli_generate", "register"),
     ("agent_runtime.tts.s2pro.cli_codec", "register"),
+    ("agent_runtime.tts.s2pro.cli_synth", "register"),
 ]
 
 

@@ -29,9 +29,29 @@ def build_engines(config: AppConfig) -> Engines:
     llm = create_backend(config.llm.backend, dict(config.llm.options))
     log.info("LLM backend ready: %s (%.1f s)", config.llm.backend, time.perf_counter() - t)
     t = time.perf_counter()
+    log.info("%s", tts_choice_message(config))
     synthesizer = create_synthesizer(config.tts.engine, dict(config.tts.options))
     log.info("TTS ready: %s at %d Hz (%.1f s)", config.tts.engine, synthesizer.sample_rate, time.perf_counter() - t)
     return Engines(recognizer=recognizer, llm=llm, synthesizer=synthesizer)
+
+
+def tts_choice_message(config: AppConfig) -> str:
+    """One line saying which TTS speaks, and how to get S2-Pro when it is not configured."""
+    tts = config.tts
+    if tts.engine == "s2pro":
+        opts = tts.options
+        voice = opts.get("voice") or "(the model's own voice)"
+        return (
+            f"TTS: S2-Pro ({opts.get('backend', 'local')} backend), checkpoint {opts.get('checkpoint')}, "
+            f"codec {opts.get('codec')}, voice {voice}"
+        )
+    if tts.engine == "piper":
+        return (
+            "TTS: piper, the embedded default - no S2-Pro checkpoint is configured (S2-Pro needs its 9 GB "
+            "weights and a GPU: set tts.engine: s2pro with tts.options checkpoint and codec, or pass "
+            "--checkpoint DIR --codec CODEC.pth)"
+        )
+    return f"TTS: {tts.engine} (plugin)"
 
 
 async def warm_up(engines: Engines) -> None:

@@ -28,6 +28,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--caller", nargs="+", metavar="WAV", help="caller turns as WAV files instead of the script")
     p.add_argument("--out", type=Path, default=Path("out/demo_call.wav"), help="call recording (stereo WAV)")
     p.add_argument("--metrics-out", type=Path, default=Path("out/demo_turns.jsonl"), help="per-turn JSON lines")
+    s2 = p.add_argument_group("S2-Pro (instead of the config's TTS; the caller keeps the piper voice)")
+    s2.add_argument("--checkpoint", type=Path, metavar="DIR", help="S2-Pro Dual-AR checkpoint directory")
+    s2.add_argument("--codec", type=Path, metavar="CODEC.pth", help="S2-Pro codec weights")
+    s2.add_argument("--codec-config", type=Path, metavar="CFG.json", help="codec architecture (default: S2-Pro's)")
+    s2.add_argument("--voice", metavar="NAME", help="voice-library name (default: the model's own voice)")
     p.set_defaults(func=_run)
 
 
@@ -39,11 +44,27 @@ def _run(args: argparse.Namespace) -> int:
     if args.caller:
         turns = [CallerTurn(wav=str(w)) for w in args.caller]
         config = config.model_copy(update={"demo": config.demo.model_copy(update={"caller_turns": turns})})
+    config = _with_s2pro_flags(config, args)
     if not config.demo.caller_turns:
         from agent_runtime.errors import ConfigError
 
         raise ConfigError("no caller turns: give --caller WAV... or demo.caller_turns in the config")
     return asyncio.run(_main(config, args))
+
+
+def _with_s2pro_flags(config, args: argparse.Namespace):
+    """`--checkpoint/--codec/--codec-config/--voice` switch the agent's TTS to S2-Pro."""
+    flags = {"checkpoint": args.checkpoint, "codec": args.codec, "codec_config": args.codec_config, "voice": args.voice}
+    given = {k: str(v) for k, v in flags.items() if v is not None}
+    if not given:
+        return config
+    from agent_runtime.errors import ConfigError
+
+    if config.tts.engine != "s2pro" and not {"checkpoint", "codec"} <= set(given):
+        raise ConfigError("S2-Pro needs both --checkpoint DIR and --codec CODEC.pth")
+    options = {**(config.tts.options if config.tts.engine == "s2pro" else {}), **given}
+    tts = config.tts.model_copy(update={"engine": "s2pro", "options": options})
+    return config.model_copy(update={"tts": tts})
 
 
 async def _main(config, args: argparse.Namespace) -> int:
@@ -54,7 +75,12 @@ async def _main(config, args: argparse.Namespace) -> int:
     engines = await asyncio.to_thread(build_engines, config)
     await warm_up(engines)
     log.info("preparing the caller's voice...")
-    lines = await prepare_caller(list(config.demo.caller_turns), engines.synthesizer)
+    caller_voice = engines.synthesizer
+    if engines.synthesizer.name != "piper":  # the caller speaks piper whatever the agent's TTS
+        from agent_runtime.tts.piper_engine import PiperSynthesizer
+
+        caller_voice = await asyncio.to_thread(PiperSynthesizer)
+    lines = await prepare_caller(list(config.demo.caller_turns), caller_voice)
     log.info("calling: %d caller turns, in real time", len(lines))
     result = await run_call(config, engines, lines)
     print(format_report(result))

@@ -3,7 +3,8 @@
 The text goes through the same path as a reply (chunker -> engine -> `TTSChunk`s), so `--stream`
 shows when each chunk became available. Engines are `agent_runtime.tts_engines` entry points built
 with `from_options(**options)`; engine flags are declared in `ENGINE_FLAGS` (flag -> option name),
-so an engine adds its own flags there (S2-Pro: `--checkpoint`, `--codec`, `--codec-config`).
+so an engine adds its own flags there (S2-Pro: `--checkpoint`, `--codec`, `--codec-config`, `--voice`;
+`--checkpoint` alone selects the s2pro engine). `--config` takes the engine and options from a config.
 """
 
 from __future__ import annotations
@@ -30,11 +31,23 @@ class EngineFlag:
 
 
 ENGINE_FLAGS: list[EngineFlag] = [
-    EngineFlag(("--voice",), "voice", "voice to use (piper: packaged name or .onnx path; default: en_US-joe-medium)",
-               {"metavar": "PATH"}),
+    EngineFlag(("--voice",), "voice",
+               "voice to use (piper: packaged name or .onnx path, default en_US-joe-medium; "
+               "s2pro: a voice-library name, default the model's own voice)", {"metavar": "NAME"}),
     EngineFlag(("--speed",), "speed", "speaking rate, >1 is faster (piper)", {"type": float}),
     EngineFlag(("--noise",), "noise_scale", "generator noise (piper; 0 = deterministic)", {"type": float}),
+    EngineFlag(("--checkpoint",), "checkpoint", "S2-Pro Dual-AR checkpoint directory (selects --engine s2pro)",
+               {"metavar": "DIR"}),
+    EngineFlag(("--codec",), "codec", "S2-Pro codec weights (codec.pth)", {"metavar": "CODEC.pth"}),
+    EngineFlag(("--codec-config",), "codec_config", "S2-Pro codec architecture JSON (default: the S2-Pro codec)",
+               {"metavar": "CFG.json"}),
+    EngineFlag(("--voice-library",), "voice_library", "S2-Pro voice library root (default: $AGENT_RUNTIME_VOICES)",
+               {"metavar": "DIR"}),
+    EngineFlag(("--device",), "device", "S2-Pro torch device (cpu, cuda)", {}),
+    EngineFlag(("--seed",), "seed", "S2-Pro sampling seed (reproducible audio)", {"type": int}),
 ]  # fmt: skip
+# Flags that only the S2-Pro engine understands: giving one selects it when --engine is not given.
+S2PRO_ONLY = ("checkpoint", "codec", "codec_config", "voice_library", "device", "seed")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,7 +61,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("text", metavar="TEXT", help="text to speak ('-' reads standard input)")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.wav", help="WAV file to write")
-    p.add_argument("--engine", default="piper", help="TTS engine entry-point name (default: piper)")
+    p.add_argument("--engine", default=None,
+                   help="TTS engine entry-point name (default: the config's, s2pro with --checkpoint, else piper)")
+    p.add_argument("--config", type=Path, default=None, metavar="CFG.yaml",
+                   help="take the engine and its options from this config's tts section (flags override)")
     for flag in ENGINE_FLAGS:
         p.add_argument(*flag.flags, dest=f"engine_{flag.option}", default=None, help=flag.help, **flag.kwargs)
     p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -59,6 +75,26 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="push the text word by word with this delay, as an LLM would stream it")
     p.add_argument("--no-warmup", action="store_true", help="time the cold first synthesis too")
     p.set_defaults(func=run)
+
+
+def engine_choice(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """(engine name, options): the config's tts section (if --config), overridden by the flags."""
+    engine, options = "piper", {}
+    if getattr(args, "config", None) is not None:
+        from agent_runtime.config import load_config
+
+        tts = load_config(args.config).tts
+        engine, options = tts.engine, dict(tts.options)
+    flags = engine_options(args)
+    if args.engine is not None:
+        if args.engine != engine:
+            options = {}
+        engine = args.engine
+    elif any(k in flags for k in S2PRO_ONLY):
+        if engine != "s2pro":
+            options = {}
+        engine = "s2pro"
+    return engine, {**options, **flags}
 
 
 def engine_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,13 +123,17 @@ def run(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
     if not text.strip():
         raise AgentRuntimeError("nothing to speak: the text is empty")
+    engine, options = engine_choice(args)
     started = time.perf_counter()
-    synth = create_synthesizer(args.engine, engine_options(args))
+    synth = create_synthesizer(engine, options)
     load_s = time.perf_counter() - started
     if not args.no_warmup:
         synth.warmup()
-    print(f"{args.engine}: loaded in {load_s:.2f} s, {synth.sample_rate} Hz", file=sys.stderr)
-    audio, first_s, total_s = asyncio.run(_speak(synth, text, args.stream, args.word_delay_ms / 1000))
+    print(f"{engine}: loaded in {load_s:.2f} s, {synth.sample_rate} Hz", file=sys.stderr)
+    try:
+        audio, first_s, total_s = asyncio.run(_speak(synth, text, args.stream, args.word_delay_ms / 1000))
+    finally:
+        synth.close()
     if audio.size == 0:
         raise AgentRuntimeError("the engine produced no audio (nothing speakable in the text?)")
     from agent_runtime.audio import write_wav

@@ -100,3 +100,14 @@ def test_sentence_first_segment_override() -> None:
     # what the session passes for tts.first_segment: sentence
     cfg = ChunkerConfig(first_min_words=10_000, first_min_chars=10_000)
     assert segments("Well, let me see, one moment. Then more.", config=cfg) == ["Well, let me see, one moment.", "Then more."]
+
+
+def test_clause_mark_after_a_letter_releases_at_once() -> None:
+    chunker = S2ProTextChunker()
+    assert chunker.push("Sure, we are open tomorrow,") == ["Sure, we are open tomorrow,"]  # no wait for the space
+    chunker = S2ProTextChunker()
+    assert chunker.push("We sold more than 1,") == []  # "1,000" may follow
+    assert chunker.push("000 of them, ") == ["We sold more than 1,000 of them,"]
+    chunker = S2ProTextChunker()
+    assert chunker.push("Oh so [excited, happy tone] yes,") == ["Oh so [excited, happy tone] yes,"]
+    assert S2ProTextChunker().push("Well then [excited,") == []  # inside an unfinished tag

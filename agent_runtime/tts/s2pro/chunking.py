@@ -7,6 +7,8 @@ punctuation for scripts without spaces. S2-Pro adds:
 
 * speaker tags `<|speaker:N|>` are atomic and start a new segment (a turn boundary is the best cut
   there is, and every segment then speaks one speaker's words);
+* a clause mark right after a letter ("tomorrow,") ends the clause at once, one LLM token earlier
+  than waiting for the space after it (a comma in "1,000" follows a digit);
 * inline tags do not count as words when deciding whether a first clause is speakable
   ("[laugh] Oh," is one word, not two);
 * later segments are larger by default (each is one user turn of the conversation: longer turns
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from agent_runtime.tts.chunker import ChunkerConfig, TextChunker, _speakable
 
 SPEAKER_TAG = re.compile(r"<\|speaker:\d+\|>")
+_EAGER = ",;:，、；："
 _TAGS = re.compile(r"\[[^\[\]]*\]|<\|[^|<>]*\|>")  # complete inline or special tags
 
 
@@ -56,11 +59,17 @@ class S2ProTextChunker(TextChunker):
         """The generic rules on a copy of the buffer whose complete tags are blanked out (same
         length, so the cut indexes the real buffer): tags hold no cut points and count as no words."""
         real = self._buf
-        self._buf = _TAGS.sub(lambda m: " " * len(m.group(0)), real)
+        blanked = _TAGS.sub(lambda m: " " * len(m.group(0)), real)
+        # A clause mark right after a letter is a boundary whatever follows ("1,000" has a digit
+        # before its comma): do not wait for the next token to show the space.
+        open_tag = "[" in blanked or "<|" in blanked  # complete tags are blanked: this one is unfinished
+        eager = len(blanked) >= 2 and blanked[-1] in _EAGER and blanked[-2].isalpha() and not open_tag
+        self._buf = blanked + " " if eager else blanked
         try:
-            return super()._find_cut(final)
+            cut = super()._find_cut(final)
         finally:
             self._buf = real
+        return cut if cut is None or cut <= len(real) else None
 
     def _speaker_cut(self) -> int | None:
         """Cut right before a speaker tag that follows speakable text."""

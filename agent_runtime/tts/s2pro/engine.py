@@ -238,10 +238,15 @@ class _StepScheduler:
         for segment, fut in steps:
             _resolve(fut, segment.step)
 
-    def close(self) -> None:
+    def close(self, wait: bool = False) -> None:
+        """Refuse new jobs; the worker ends once the queue is empty (`wait`: join it, unless this
+        is the worker itself)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+            thread = self._thread
+        if wait and thread is not None and thread is not threading.current_thread():
+            thread.join()
 
 
 def _resolve(fut: Future[Any], fn: Callable[[], Any]) -> None:
@@ -314,8 +319,9 @@ class S2ProEngine:
     def device(self) -> torch.device:
         return self.model.device
 
-    def close(self) -> None:
-        self.scheduler.close()
+    def close(self, wait: bool = False) -> None:
+        """Stop the model thread after the jobs already queued (`wait`: until it has ended)."""
+        self.scheduler.close(wait)
 
     def open_stream(
         self,

@@ -133,7 +133,7 @@ class LocalBackend(S2ProBackend):
             utt.close()
 
     def close(self) -> None:
-        self.engine.close()
+        self.engine.close(wait=True)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.engine.cfg

@@ -1,0 +1,240 @@
+"""The measurements behind `agent-runtime s2pro bench-synth` (see cli_synth.py for what is measured).
+
+Everything that touches the model runs on the engine's model thread, as in the live loop: the
+synthesizer's own jobs, and the floor and baseline measurements, submitted as jobs. Measurements
+are interleaved (floor, incremental, baseline for each rate, then again) so that load on a shared
+machine spreads over all of them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import torch
+
+from agent_runtime.tts.s2pro.chunking import S2ProTextChunker
+from agent_runtime.tts.s2pro.codec_config import DEFAULT_CONFIG_PATH, CodecConfig
+from agent_runtime.tts.s2pro.engine import S2ProEngine
+from agent_runtime.tts.s2pro.local_backend import LocalBackend, LocalSettings
+from agent_runtime.tts.s2pro.prompt import VoiceReference
+from agent_runtime.tts.s2pro.sampling import SamplingParams
+from agent_runtime.tts.s2pro.streaming import CodecStreamDecoder
+from agent_runtime.tts.s2pro.synthesizer import S2ProSynthesizer
+
+REPLY = "Sure, we are open tomorrow, from nine until six. Is there anything else I can help you with today?"
+PARAMS = SamplingParams(temperature=0.8, top_p=0.8, top_k=30)
+_SENTENCE_END = re.compile(r"[.!?。！？]")
+
+
+def tokens_of(text: str) -> list[str]:
+    """Word and punctuation pieces with their leading space, roughly how an LLM streams text."""
+    return re.findall(r"\s*\w+|\s*[^\w\s]", text)
+
+
+def codec_config(spec: str) -> CodecConfig:
+    """`full`: the S2-Pro codec; `mid`: its layout with a quarter of the decoder's conv channels;
+    anything else: a codec-config JSON path."""
+    if spec not in ("full", "mid"):
+        return CodecConfig.from_json(spec)
+    data = json.loads(DEFAULT_CONFIG_PATH.read_text(encoding="utf-8"))
+    if spec == "mid":
+        dec = data["decoder"]
+        dec["dim"] //= 4
+        dec["block_channels"] = [c // 4 for c in dec["block_channels"]]
+        data["name"] = "S2-Pro codec layout, decoder convs at 1/4 width"
+    return CodecConfig.from_dict(data)
+
+
+@dataclass
+class Runs:
+    """Seconds per repeat for one measurement."""
+
+    values: list[float] = field(default_factory=list)
+
+    def add(self, v: float) -> None:
+        self.values.append(v)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+
+class Bench:
+    """Random engine + codec + synthesizer; `run()` returns the measurements, `report()` formats them."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from agent_runtime.tts.s2pro.cli_generate import _random_model, _SyntheticTokenizer
+        from agent_runtime.tts.s2pro.codec_bench import random_decode_codec
+
+        self.args = args
+        started = time.perf_counter()
+        ns = SimpleNamespace(**vars(args), max_seq_len=32_768)
+        model = _random_model(ns, torch.float32)
+        self.engine = S2ProEngine(model, _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size))
+        self.codec_cfg = codec_config(args.codec)
+        self.codec = random_decode_codec(self.codec_cfg, args.device, torch.float32, seed=args.seed)
+        rng = np.random.default_rng(args.seed)
+        codes = rng.integers(0, self.codec_cfg.quantizer.residual_codebook_size, size=(args.codebooks, args.prefix_frames))
+        codes[0] = rng.integers(0, args.codebook_size, size=args.prefix_frames)
+        voice = VoiceReference.create("<|speaker:0|>This is the reference transcript of the voice prompt.", codes, "ref")
+        settings = LocalSettings(PARAMS, args.seed, args.first_chunk_frames, args.chunk_frames)
+        self.backend = LocalBackend(self.engine, self.codec, voice, settings)
+        self.synth = S2ProSynthesizer(self.backend)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.codec_params = sum(p.numel() for p in self.codec.decoder.parameters()) + sum(
+            p.numel() for p in self.codec.quantizer.parameters()
+        )
+        first = S2ProTextChunker()
+        self.first_segment = (first.push(REPLY) or first.flush())[0]
+        self.sentence = REPLY[: _SENTENCE_END.search(REPLY).end()]  # type: ignore[union-attr]
+        self.build_s = time.perf_counter() - started
+
+    def describe(self) -> str:
+        a = self.args
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        return (
+            f"random Dual-AR: {self.n_params / 1e6:.1f}M params (dim {a.dim}, {a.slow_layers} slow + {a.fast_layers} "
+            f"fast layers, vocab {a.vocab}, {a.codebooks}x{a.codebook_size} codebooks), fp32 on {a.device}, "
+            f"{torch.get_num_threads()} torch thread(s)\n"
+            f"random codec: {self.codec_cfg.name or a.codec} ({self.codec_params / 1e6:.1f}M decode params, "
+            f"{self.codec.frame_length} samples/frame at {self.codec.sample_rate} Hz)\n"
+            f"voice prefix {a.prefix_frames} frames (cached); first chunk {a.first_chunk_frames} frames, "
+            f"later chunks {a.chunk_frames}; built in {self.build_s:.1f} s; load average {load:.1f}\n"
+            f"reply: {REPLY!r}\n"
+            f"first segment (incremental): {self.first_segment!r}; baseline sentence: {self.sentence!r} "
+            f"({self._baseline_frames()} frames at {a.frames_per_char} frames/char)"
+        )
+
+    def _baseline_frames(self) -> int:
+        return max(self.args.first_chunk_frames, round(self.args.frames_per_char * len(self.sentence)))
+
+    async def _on_model_thread(self, fn: Any) -> Any:
+        return await asyncio.wrap_future(self.engine.scheduler.submit(fn))
+
+    # -- the three measurements ------------------------------------------------------------------
+    def _floor(self) -> tuple[float, float, float]:
+        """Model thread: (prefill + first frame, + the rest of the first chunk, + its decode)."""
+        f = self.args.first_chunk_frames
+        t0 = time.perf_counter()
+        stream = self.engine.open_stream(self.backend.voice, params=PARAMS, seed=self.args.seed)
+        frames = stream.add_text(self.first_segment)
+        got = [self.backend._clip_codes(next(frames))]
+        t1 = time.perf_counter()
+        got += [self.backend._clip_codes(next(frames)) for _ in range(f - 1)]
+        t2 = time.perf_counter()
+        frames.close()
+        audio = CodecStreamDecoder(self.codec, f, self.args.chunk_frames).push(np.stack(got, axis=1))
+        t3 = time.perf_counter()
+        assert audio and len(audio[0]) == f * self.codec.frame_length
+        return t1 - t0, t2 - t0, t3 - t0
+
+    async def _incremental(self, rate: float) -> tuple[float, float]:
+        """(TTFA, first segment released) from the first LLM token, through the synthesizer."""
+        stream = self.synth.open_stream()
+        text_at: list[float] = []
+        t0 = time.monotonic()
+
+        def push(tok: str) -> None:
+            if stream.push_text(tok) and not text_at:
+                text_at.append(time.monotonic() - t0)
+
+        feeder = asyncio.create_task(_feed(tokens_of(REPLY), rate, push, t0, stream.flush))
+        ttfa = float("nan")
+        async for chunk in stream:
+            if len(chunk.audio):
+                ttfa = chunk.created_at - t0
+                break
+        await stream.cancel()
+        feeder.cancel()
+        await self._on_model_thread(lambda: None)  # let the cancelled reply's last job drain
+        return ttfa, text_at[0]
+
+    async def _baseline(self, rate: float) -> tuple[float, float]:
+        """(TTFA, sentence complete): wait for the sentence, generate all of it, decode it at once."""
+        tokens = tokens_of(REPLY)
+        n_text = next(i for i in range(1, len(tokens) + 1) if "".join(tokens[:i]).strip() == self.sentence.strip())
+        t0 = time.monotonic()
+        await _feed(tokens[:n_text], rate, lambda _t: None, t0, None)
+        text_at = time.monotonic() - t0
+        n = self._baseline_frames()
+
+        def synthesize_then_decode() -> int:
+            stream = self.engine.open_stream(self.backend.voice, params=PARAMS, seed=self.args.seed)
+            frames = [self.backend._clip_codes(f) for f in stream.add_text(self.sentence, max_frames=n + 1)]
+            audio = self.codec.decode(torch.from_numpy(np.stack(frames, axis=1)))
+            return int(audio.shape[-1])
+
+        samples = await self._on_model_thread(synthesize_then_decode)
+        assert samples == n * self.codec.frame_length
+        return time.monotonic() - t0, text_at
+
+    # -- driver ----------------------------------------------------------------------------------------
+    async def run(self, rates: list[float], repeats: int) -> dict[str, Runs]:
+        await self._on_model_thread(self._floor)  # warm-up: caches the voice prefix, first-call costs
+        await self._incremental(max(rates))
+        out: dict[str, Runs] = {}
+
+        def add(key: str, v: float) -> None:
+            out.setdefault(key, Runs()).add(v)
+
+        for _ in range(repeats):
+            first, chunk, decoded = await self._on_model_thread(self._floor)
+            add("floor_first_frame", first)
+            add("floor_chunk_frames", chunk)
+            add("floor", decoded)
+            for rate in rates:
+                ttfa, text_at = await self._incremental(rate)
+                add(f"inc_ttfa@{rate:g}", ttfa)
+                add(f"inc_text@{rate:g}", text_at)
+                add(f"inc_share@{rate:g}", ttfa - text_at)
+                ttfa, text_at = await self._baseline(rate)
+                add(f"base_ttfa@{rate:g}", ttfa)
+                add(f"base_text@{rate:g}", text_at)
+        return out
+
+    def report(self, r: dict[str, Runs]) -> str:
+        floor = r["floor"].median
+        lines = [
+            "",
+            f"engine floor (first segment, voice cached; median of {len(r['floor'].values)}): "
+            f"prefill + first frame {r['floor_first_frame'].median * 1e3:.0f} ms, "
+            f"+ first chunk's {self.args.first_chunk_frames} frames {r['floor_chunk_frames'].median * 1e3:.0f} ms, "
+            f"+ its codec decode = {floor * 1e3:.0f} ms",
+            "",
+            "LLM tok/s | incremental: clause text at  TTFA  TTFA-text  (TTFA-text)/floor  TTFA/floor"
+            " | sentence-buffered: text at  TTFA | TTFA ratio",
+        ]
+        for key in sorted((k for k in r if k.startswith("inc_ttfa@")), key=lambda k: float(k.split("@")[1])):
+            rate = key.split("@")[1]
+            ttfa, text, share = r[key].median, r[f"inc_text@{rate}"].median, r[f"inc_share@{rate}"].median
+            base, base_text = r[f"base_ttfa@{rate}"].median, r[f"base_text@{rate}"].median
+            lines.append(
+                f"{rate:>9} | {text * 1e3:>22.0f} ms {ttfa * 1e3:>5.0f} ms {share * 1e3:>6.0f} ms {share / floor:>13.2f}x "
+                f"{ttfa / floor:>10.2f}x | {base_text * 1e3:>20.0f} ms {base * 1e3:>5.0f} ms | {base / ttfa:>6.1f}x"
+            )
+        lines.append("(times in ms from the first LLM token; medians; 'ratio' = baseline TTFA / incremental TTFA)")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        self.engine.close(wait=True)
+
+
+async def _feed(tokens: list[str], rate: float, push: Any, t0: float, done: Any) -> None:
+    """Deliver token i at t0 + i / rate (the first at once), then call `done`."""
+    for i, tok in enumerate(tokens):
+        delay = t0 + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        push(tok)
+    if done is not None:
+        done()
