@@ -17,7 +17,7 @@ import yaml
 
 from loadtest.progress import Progress
 from loadtest.report import build, text_summary, write_json
-from loadtest.safety import NotLoopbackError, require_loopback
+from loadtest.safety import NotLoopbackError, require_answering, require_loopback
 from loadtest.scenario import Scenario, ScenarioError, load_scenario
 from loadtest.server import Proc, ServerStartError
 from loadtest.slo import SLO, load_slo
@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         slo = load_slo(args.slo)
         if args.url:
             args.url = require_loopback(args.url)
+            require_answering(args.url)
         elif not (args.start_server or args.compare_pipecat):
             raise ScenarioError("give --url URL of a running server, or --start-server")
         if args.instant_engines and not args.start_server:
@@ -155,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
         use_loopback_host_candidates(True)  # the callers' own ICE candidates: 127.0.0.1 only
         doc = asyncio.run(orchestrate(args, scenario, slo, audio))
-    except (ScenarioError, NotLoopbackError, ServerStartError) as exc:
+    except (ScenarioError, NotLoopbackError, ServerStartError, ConnectionError) as exc:
         print(f"agent-runtime loadtest: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

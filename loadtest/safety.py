@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import urllib.error
+import urllib.request
 from urllib.parse import urlsplit
 
 
@@ -27,3 +29,18 @@ def require_loopback(url: str) -> str:
         if not ip.is_loopback:
             raise NotLoopbackError(f"refusing {url}: {host} is not a loopback address (127.0.0.0/8, ::1)")
     return url.rstrip("/")
+
+
+def require_answering(url: str, timeout: float = 5.0) -> None:
+    """Raise ConnectionError unless GET `url`/healthz answers 200 (checked before a run starts)."""
+    try:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+        with opener.open(f"{url}/healthz", timeout=timeout) as r:
+            if r.status == 200:
+                return
+            raise ConnectionError(f"{url}/healthz answered {r.status}")
+    except urllib.error.HTTPError as exc:
+        raise ConnectionError(f"{url}/healthz answered {exc.code}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ConnectionError(f"no server answering at {url} ({reason})") from None

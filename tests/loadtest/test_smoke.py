@@ -76,4 +76,7 @@ def test_harness_errors_exit_2(tmp_path: Path) -> None:
     bad = subprocess.run([*base, "--url", "http://127.0.0.1:9", "--scenario", str(tmp_path / "bad.yaml")],
                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "caller: Field required" in bad.stderr and "Traceback" not in bad.stderr
+    down = subprocess.run([*base, "--url", "http://127.0.0.1:9", "--scenario", str(tmp_path / "s.yaml")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=60)
+    assert down.returncode == 2 and "no server answering at http://127.0.0.1:9" in down.stderr
     assert not (tmp_path / "o" / "report.json").exists()
