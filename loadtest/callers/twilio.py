@@ -99,10 +99,14 @@ class TwilioLeg(Leg):
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 continue
             now = time.monotonic()
-            data = json.loads(msg.data)
-            event = data.get("event")
-            if event == "media":
-                self.record(mulaw.decode(base64.b64decode(data["media"]["payload"])), now)
+            try:
+                data = json.loads(msg.data)
+                event = data.get("event")
+                pcm = mulaw.decode(base64.b64decode(data["media"]["payload"])) if event == "media" else None
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # not a Media Streams message: ignore it, as Twilio would
+            if pcm is not None:
+                self.record(pcm, now)
             elif event == "mark":  # "played": the audio before it has arrived
                 with contextlib.suppress(ConnectionError, RuntimeError):
                     await self._send({"event": "mark", "streamSid": self.sid, "mark": data.get("mark", {})})
