@@ -63,7 +63,7 @@ def _config():
 def test_fixture_checkpoint_and_codec_through_the_whole_loop(s2pro_fixtures: Path, say) -> None:
     synth = create_synthesizer("s2pro", {
         "checkpoint": str(s2pro_fixtures / "tiny"), "codec": str(s2pro_fixtures / "codec_tiny.pth"),
-        "codec_config": str(s2pro_fixtures / "codec_tiny.json"), "seed": 1, "max_frames_per_segment": 60,
+        "codec_config": str(s2pro_fixtures / "codec_tiny.json"), "seed": 1, "max_frames_per_segment": 40,
     })  # fmt: skip
     try:
         synth.warmup()
