@@ -218,16 +218,16 @@ class ResidualUnit(nn.Module):
 
 # ------------------------------------------------------------------------------ transformer
 _ROPE_BLOCK = 4096
-_rope_tables: dict[tuple[int, float, str], Tensor] = {}
+_rope_tables: dict[tuple[int, float, str, str], Tensor] = {}
 
 
-def rope_table(n_positions: int, head_dim: int, base: float, dtype: str) -> Tensor:
+def rope_table(n_positions: int, head_dim: int, base: float, dtype: str, device: torch.device | str = "cpu") -> Tensor:
     """cos/sin table (P, head_dim/2, 2) for interleaved RoPE, computed in fp32, stored in `dtype`.
 
     Grown lazily in blocks of 4096 positions and shared by all transformers with the same head
     size and base; a position's values do not depend on the table length.
     """
-    key = (head_dim, float(base), dtype)
+    key = (head_dim, float(base), dtype, str(device))
     table = _rope_tables.get(key)
     if table is None or table.shape[0] < n_positions:
         size = max(_ROPE_BLOCK, math.ceil(n_positions / _ROPE_BLOCK) * _ROPE_BLOCK)
@@ -235,7 +235,7 @@ def rope_table(n_positions: int, head_dim: int, base: float, dtype: str) -> Tens
         inv_freq = 1.0 / (base_value ** (torch.arange(0, head_dim, 2)[: head_dim // 2].float() / head_dim))
         angles = torch.outer(torch.arange(size), inv_freq)
         rot = torch.polar(torch.ones_like(angles), angles)
-        table = torch.stack([rot.real, rot.imag], dim=-1).to(getattr(torch, dtype))
+        table = torch.stack([rot.real, rot.imag], dim=-1).to(getattr(torch, dtype)).to(device)
         _rope_tables[key] = table
     return table
 
@@ -364,7 +364,7 @@ class WindowedTransformer(nn.Module):
             start = cache.get(self) or 0
             n_past = min(start, self.cfg.window_size - 1)
             cache.put(self, start + seqlen)
-        table = rope_table(start + seqlen, self.cfg.head_dim, self.cfg.rope_base, self.rope_dtype)
+        table = rope_table(start + seqlen, self.cfg.head_dim, self.cfg.rope_base, self.rope_dtype, x.device)
         rope = table[start : start + seqlen]
         mask = self._mask(start, seqlen, start - n_past, n_past + seqlen, x.device)
         for layer in self.layers:

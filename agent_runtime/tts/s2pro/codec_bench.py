@@ -190,7 +190,8 @@ def run_bench(opts: BenchOptions, log: Callable[[str], None] = print) -> dict[st
                    f"the others from the fitted line {1000 * intercept:.0f} ms + {1000 * slope:.1f} ms/frame")
         p_total = sum(prefix_times)
         log(f"   re-decode prefix  : total {p_total:7.2f} s, first chunk {1000 * prefix_times[0]:7.1f} ms, "
-            f"worst chunk {1000 * max(prefix_times):7.1f} ms, RTF {p_total / opts.seconds:.3f}, peak {prefix_peak:,.0f} MiB")
+            f"worst chunk {1000 * max(prefix_times):7.1f} ms, RTF {p_total / opts.seconds:.3f}, "
+            f"peak {prefix_peak:,.0f} MiB (at {ends[max(picked)]} frames)")
         log(f"     ({how})")
         log(f"   ratio (re-decode / streaming): {p_total / s_total:.1f}x total compute, "
             f"{max(prefix_times) / max(stream_times):.1f}x worst chunk")
