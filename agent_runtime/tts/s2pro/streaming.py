@@ -12,7 +12,7 @@ re-decoding the whole prefix for every chunk (what sglang-omni does, O(n^2) over
 
 The state therefore has a fixed size once the attention window is full, and a chunk of n frames
 costs the same however long the utterance already is. Concatenated chunks equal a full decode of
-all frames (max |diff| ~1e-7 in fp32, from kernel ordering only).
+all frames (max |diff| ~5e-7 in fp32 on the fixture codec, from summation order only).
 
 Example::
 
