@@ -91,6 +91,12 @@ def test_library_roundtrip(tmp_path: Path) -> None:
         lib.add("bob", codes, "   ")
 
 
+def test_unwritable_library_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(VoiceError, match="cannot write to the voice library"):
+        VoiceLibrary(tmp_path / "file").add("alice", np.zeros((4, 2), dtype=np.int64), "text")
+
+
 def test_default_dir_honours_env(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv(VOICES_ENV, str(tmp_path / "v"))
     assert default_library_dir() == tmp_path / "v"

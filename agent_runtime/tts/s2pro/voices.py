@@ -205,8 +205,11 @@ class VoiceLibrary:
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             **(meta or {}),
         }
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
+        except OSError as exc:
+            raise VoiceError(f"cannot write to the voice library {self.root} ({exc})") from None
         try:
             np.save(tmp / "codes.npy", codes.astype(np.int64))
             (tmp / "text.txt").write_text(text + "\n", encoding="utf-8")
@@ -218,6 +221,8 @@ class VoiceLibrary:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 tmp.rename(d)
+        except OSError as exc:
+            raise VoiceError(f"cannot store voice {name!r} in {self.root} ({exc})") from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -227,7 +232,10 @@ class VoiceLibrary:
         d = self._dir(name)
         if not d.is_dir():
             raise VoiceError(f"no voice named {name!r} in {self.root}")
-        shutil.rmtree(d)
+        try:
+            shutil.rmtree(d)
+        except OSError as exc:
+            raise VoiceError(f"cannot remove voice {name!r} from {self.root} ({exc})") from None
 
     def add_from_audio(
         self,
