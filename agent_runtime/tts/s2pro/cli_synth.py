@@ -1,7 +1,8 @@
 """`agent-runtime s2pro bench-synth`: time to first audio of the incremental S2-Pro synthesizer.
 
 A simulated LLM streams a reply at a fixed token rate into `S2ProSynthesizer` (random mid-size
-Dual-AR + random codec, CPU by default). Measured in one run, interleaved, medians of `--repeats`:
+Dual-AR + random codec of the full S2-Pro shapes, CPU by default). Measured in one run, interleaved, medians of `--repeats`
+(`--baseline-repeats` for the slow baseline):
 
 * floor: the engine's own cost for the first chunk once its text is there: prefill of the first
   segment (voice prefix cached), the first chunk's frames, and that chunk's codec decode;
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--rates", default="30,80", help="simulated LLM tokens/s, comma-separated (default 30,80)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per measurement; medians are printed")
+    p.add_argument("--repeats", type=int, default=5, help="floor + incremental runs per rate; medians are printed")
+    p.add_argument("--baseline-repeats", type=int, default=2, help="sentence-buffered runs per rate (slow)")
     p.add_argument("--dim", type=int, default=512, help="Dual-AR model dim (slow and fast)")
     p.add_argument("--heads", type=int, default=8, help="attention heads")
     p.add_argument("--kv-heads", type=int, default=2, help="key/value heads")
@@ -44,8 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--codebooks", type=int, default=10, help="codebooks per frame")
     p.add_argument("--codebook-size", type=int, default=4096, help="entries per codebook")
     p.add_argument("--prefix-frames", type=int, default=300, help="frames of the (cached) voice reference")
-    p.add_argument("--codec", default="mid", help="codec shapes: full (S2-Pro's), mid (S2-Pro's layout with "
-                   "the decoder convs at 1/4 width; the default) or a codec-config JSON path")  # fmt: skip
+    p.add_argument("--codec", default="full", help="codec shapes: full (S2-Pro's, the default), mid (S2-Pro's "
+                   "layout with the decoder convs at 1/4 width) or a codec-config JSON path")  # fmt: skip
     p.add_argument("--first-chunk-frames", type=int, default=2, help="frames in the first codec chunk")
     p.add_argument("--chunk-frames", type=int, default=8, help="frames per later codec chunk")
     p.add_argument("--frames-per-char", type=float, default=1.4,
@@ -60,8 +62,8 @@ def _bench(args: argparse.Namespace) -> int:
     import torch
 
     rates = [float(r) for r in args.rates.split(",") if r.strip()]
-    if not rates or min(rates) <= 0 or args.repeats < 1 or args.first_chunk_frames < 1:
-        raise AgentRuntimeError("--rates must be positive, --repeats and --first-chunk-frames >= 1")
+    if not rates or min(rates) <= 0 or min(args.repeats, args.baseline_repeats, args.first_chunk_frames) < 1:
+        raise AgentRuntimeError("--rates must be positive, --repeats, --baseline-repeats and --first-chunk-frames >= 1")
     if args.vocab < args.codebook_size + 200:
         raise AgentRuntimeError("--vocab must leave room for the semantic tokens and the specials")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
