@@ -55,3 +55,25 @@ def test_bench_synth_runs_on_a_tiny_random_model(s2pro_fixtures: Path, capsys) -
     assert "engine floor" in out
     row = next(ln for ln in out.splitlines() if ln.strip().startswith("200 |"))
     assert len(re.findall(r"\d+ ms", row)) == 5
+
+
+def test_engine_choice_and_start_up_message() -> None:
+    import argparse
+
+    from agent_runtime.commands.synth import engine_choice, register
+    from agent_runtime.config import load_config
+    from agent_runtime.engines import tts_choice_message
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+
+    def choice(*argv: str) -> tuple[str, dict]:
+        return engine_choice(parser.parse_args(["synth", "hi", "-o", "x.wav", *argv]))
+
+    assert choice() == ("piper", {})
+    assert choice("--voice", "joe") == ("piper", {"voice": "joe"})
+    engine, options = choice("--checkpoint", "ck", "--codec", "c.pth", "--voice", "alice")
+    assert engine == "s2pro" and options == {"checkpoint": "ck", "codec": "c.pth", "voice": "alice"}
+    assert "embedded default" in tts_choice_message(load_config(None))
+    s2 = load_config(None, {"tts": {"engine": "s2pro", "options": {"checkpoint": "ck", "codec": "c.pth"}}})
+    assert tts_choice_message(s2).startswith("TTS: S2-Pro (local backend), checkpoint ck, codec c.pth")
