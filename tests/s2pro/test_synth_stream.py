@@ -160,3 +160,28 @@ def test_options_and_voices(s2pro_fixtures: Path, tmp_path: Path) -> None:
         assert audio.size > 0 and np.abs(audio).max() > 0
     finally:
         synth.close()
+
+
+async def test_errors_on_the_model_thread_reach_the_reply(s2pro_fixtures: Path) -> None:
+    synth = make_synth(tiny_engine(s2pro_fixtures), tiny_codec(s2pro_fixtures), seed=4, max_frames_per_segment=6)
+
+    def broken(_codes):
+        raise ValueError("codec exploded")
+
+    utt = synth.open_utterance()
+    utt.decoder.push = broken  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="codec exploded"):
+        list(utt.synthesize("Hello there, my friend."))
+    original = synth.open_utterance
+
+    def open_broken():
+        u = original()
+        u.decoder.push = broken
+        return u
+
+    synth.open_utterance = open_broken  # type: ignore[method-assign]
+    with pytest.raises(ValueError, match="codec exploded"):
+        await speak(synth, "Hello there, my friend.")
+    # the engine is still serving other replies
+    synth.open_utterance = original  # type: ignore[method-assign]
+    assert len(audio_of(await speak(synth, "Still working."))) > 0

@@ -278,6 +278,7 @@ class _SegmentRun:
         self.segment: Any = None
         self.kept = 0
         self.samples = 0
+        self.failed = False  # an error was delivered: the chain stops without a flush
 
     def start(self) -> None:
         if self.utt.cancelled.is_set():
@@ -295,6 +296,9 @@ class _SegmentRun:
         fut.add_done_callback(callback)
 
     def _fail(self, exc: BaseException) -> None:
+        if self.failed:
+            return
+        self.failed = True
         if self.segment is not None and self.utt.stream is not None:
             stream, segment = self.utt.stream, self.segment
             self.segment = None
@@ -314,12 +318,16 @@ class _SegmentRun:
         self._next_step()
 
     def _next_step(self) -> None:
+        if self.failed:
+            return
         if self.utt.cancelled.is_set():
             self._finish()
             return
         self._chain(self.sched.submit_step(self.segment), self._after_step)
 
     def _after_step(self, fut: Future[Any]) -> None:
+        if self.failed:
+            return
         if fut.cancelled():
             self._finish()
             return
@@ -337,23 +345,31 @@ class _SegmentRun:
             return
         self.kept += 1
         codes = self.utt.backend._clip_codes(frame)
-        self.sched.submit(lambda: self._decode(codes))
+        self._chain(self.sched.submit(lambda: self._decode(codes)), self._after_decode)
         self._next_step()
+
+    def _after_decode(self, fut: Future[Any]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self._fail(exc)
 
     def _decode(self, codes: np.ndarray) -> None:
         """Model thread: buffer one frame in the codec decoder, emit any finished chunk."""
-        if self.utt.cancelled.is_set():
+        if self.utt.cancelled.is_set() or self.failed:
             return
         for block in self.utt._blocks(self.utt.decoder.push(codes[:, None])):
             self.samples += len(block)
             self.deliver(block)
 
     def _finish(self) -> None:
+        if self.failed:
+            return
+
         def flush() -> None:
             utt = self.utt
             if utt.stream is not None and self.segment is not None:
                 utt.stream.end_segment(self.segment)
-            if not utt.cancelled.is_set():
+            if not utt.cancelled.is_set() and not self.failed:
                 for block in utt._blocks(utt.decoder.flush()):
                     self.samples += len(block)
                     self.deliver(block)
