@@ -47,6 +47,11 @@ class HeardText:
     """Segments of the reply and how much of each the caller heard."""
 
     segments: dict[int, _Segment] = field(default_factory=dict)
+    sample_rate: int = 16_000
+    chars_per_second: float = 15.0
+
+    def expected_samples(self, text: str) -> int:
+        return int(len(text) / self.chars_per_second * self.sample_rate)
 
     def text(self) -> str:
         parts: list[str] = []
@@ -58,7 +63,10 @@ class HeardText:
                 parts.append(seg.text)
                 continue
             words = seg.text.split()
-            fraction = seg.played / max(seg.produced, 1)
+            # While a segment is still being synthesised its length is unknown: estimate it from
+            # the text (about 15 characters a second) so a slow engine doesn't over-count.
+            total = seg.produced if seg.complete else max(seg.produced, self.expected_samples(seg.text))
+            fraction = seg.played / max(total, 1)
             heard = words[: int(len(words) * fraction)]
             if heard:
                 parts.append(" ".join(heard))
@@ -82,7 +90,7 @@ class Reply:
         self.committed = asyncio.Event()
         self._playing = asyncio.Event()  # cleared while a barge-in pauses playout
         self._playing.set()
-        self.heard = HeardText()
+        self.heard = HeardText(sample_rate=session.transport.output_sample_rate)
         self.llm_text = ""
         self.audible = False  # a frame has been handed to the transport
         self.finished = asyncio.Event()
