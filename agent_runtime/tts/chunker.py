@@ -77,7 +77,14 @@ class TextChunker:
                 continue
             end = i + 1
             # A boundary needs what follows: whitespace for spaced scripts, anything for CJK.
+            # The first segment does not wait for the next token when the mark ends a word
+            # ("help!", "Sure,"): no number or abbreviation ends that way (latency matters most here).
             if end >= len(text):
+                if first and _eager_boundary_at(text, i):
+                    head = text[:end].strip()
+                    sentence_end = ch in _SENTENCE_END
+                    if (sentence_end and _speakable(head)) or _long_enough_first(head, self.config):
+                        return end
                 return None
             while end < len(text) and text[end] in _CLOSERS:
                 end += 1
@@ -97,6 +104,16 @@ class TextChunker:
             elif (sentence_end and len(head) >= self.config.later_min_chars) or (not sentence_end and len(head) >= self.config.later_max_chars):
                 return end
         return None
+
+
+def _eager_boundary_at(text: str, i: int) -> bool:
+    ch = text[i]
+    if ch not in "!?,;" and ch != ".":
+        return False
+    word = re.search(r"([A-Za-z']+)$", text[:i])
+    if not word or len(word.group(1)) < 2:
+        return False  # "3." "U.S." "A." wait for the next token
+    return ch != "." or not _is_abbreviation(text[:i], "")
 
 
 def _is_abbreviation(before: str, after: str) -> bool:

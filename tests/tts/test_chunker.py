@@ -118,3 +118,14 @@ def test_flush_drops_unspeakable_rest() -> None:
     c = TextChunker()
     c.push("[laugh] ")
     assert c.flush() == []
+
+
+def test_first_segment_does_not_wait_for_the_next_token_after_a_word() -> None:
+    from agent_runtime.tts.chunker import TextChunker
+
+    assert TextChunker().push("I'm happy to help!") == ["I'm happy to help!"]
+    assert TextChunker().push("Sure, we can do that,") == ["Sure, we can do that,"]
+    # a number, an abbreviation or an initial may continue: wait for the next token
+    assert TextChunker().push("The total is 3.") == []
+    assert TextChunker().push("Please ask Dr.") == []
+    assert TextChunker().push("My name is J.") == []
