@@ -38,7 +38,11 @@ class TurnConfig(_Strict):
     incomplete_turn_silence_ms: int = Field(
         1200, ge=50, description="silence that ends a turn whose words sound unfinished ('I'd like to...')"
     )
-    speculative: bool = Field(True, description="start ASR/LLM/TTS at the first pause, before the turn ends")
+    speculative: bool = Field(
+        True,
+        description="start ASR/LLM/TTS at the first pause, before the turn ends; false = sequential "
+        "(the turn ends on silence alone, then ASR, LLM and TTS run one after the other)",
+    )
     barge_in: bool = Field(True, description="let the caller interrupt the agent")
     barge_in_min_speech_ms: int = Field(
         500, ge=0, description="caller speech that interrupts the agent (shorter speech resumes it)"

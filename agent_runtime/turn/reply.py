@@ -131,6 +131,8 @@ class Reply:
     async def _run(self) -> None:
         s = self.session
         try:
+            if not s.config.turn.speculative:
+                await self.committed.wait()  # sequential: nothing starts before the turn ends
             self.transcript = await s.recognizer.atranscribe(self.audio.astype(np.float32) / 32768.0)
             self.metrics.asr_final = time.monotonic()
             self.metrics.user_text = self.transcript.text
@@ -138,8 +140,6 @@ class Reply:
             s.on_transcript(self)
             if self.transcript.is_empty:
                 return
-            if not s.config.turn.speculative:
-                await self.committed.wait()
             chunking = None
             if s.config.tts.first_segment == "sentence":
                 chunking = ChunkerConfig(first_min_words=10_000, first_min_chars=10_000)

@@ -198,11 +198,18 @@ class Session:
         reply.start()
 
     def _maybe_commit(self, reply: Reply, now: float) -> None:
+        t = self.config.turn
+        silence_ms = (now - (reply.metrics.user_speech_end or now)) * 1000
+        if not t.speculative:  # silence alone decides; the words come after the decision
+            if silence_ms >= t.end_of_turn_silence_ms:
+                self._endpointer.discard_audio()
+                self._carry_audio = np.zeros(0, dtype=np.int16)
+                reply.commit(time.monotonic())
+                self._spawn(self._follow(reply))
+            return
         if reply.transcript is None:
             return  # the decision needs the words
-        silence_ms = (now - (reply.metrics.user_speech_end or now)) * 1000
         complete = self._detector.is_complete(reply.transcript.text)
-        t = self.config.turn
         needed = t.end_of_turn_silence_ms if complete else t.incomplete_turn_silence_ms
         if silence_ms < needed:
             return
@@ -259,6 +266,11 @@ class Session:
             self._start_reply(when)
 
     def _finish(self, reply: Reply) -> None:
+        if reply.transcript is None or reply.transcript.is_empty:  # no words: no turn
+            if self._reply is reply:
+                self._reply = None
+                self._set_state(TurnState.LISTENING)
+            return
         metrics = reply.metrics
         metrics.interrupted = reply.interrupted
         heard = reply.heard.text() if reply.interrupted else reply.llm_text.strip()
