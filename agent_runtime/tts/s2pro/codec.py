@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent_runtime.tts.s2pro.codec_config import CodecConfig, TransformerConfig
+from agent_runtime.tts.s2pro.model import RMSNorm  # the same fp32 RMSNorm as the Dual-AR
+from agent_runtime.tts.s2pro.model import apply_rotary_emb as apply_rope  # interleaved RoPE in fp32
 
 __all__ = ["CodecConfig", "S2ProCodec", "StreamCache"]
 
@@ -238,34 +240,6 @@ def rope_table(n_positions: int, head_dim: int, base: float, dtype: str, device:
         table = torch.stack([rot.real, rot.imag], dim=-1).to(getattr(torch, dtype)).to(device)
         _rope_tables[key] = table
     return table
-
-
-def apply_rope(x: Tensor, table: Tensor) -> Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) of x (B, T, H, D) by the angles of table (T, D/2, 2), in fp32."""
-    xp = x.float().reshape(*x.shape[:-1], -1, 2)
-    cs = table.view(1, xp.size(1), 1, xp.size(3), 2)
-    out = torch.stack(
-        [
-            xp[..., 0] * cs[..., 0] - xp[..., 1] * cs[..., 1],
-            xp[..., 1] * cs[..., 0] + xp[..., 0] * cs[..., 1],
-        ],
-        dim=-1,
-    )
-    return out.flatten(3).type_as(x)
-
-
-class RMSNorm(nn.Module):
-    """fp32 normalisation, cast back to the input dtype, then times the weight."""
-
-    def __init__(self, dim: int, eps: float) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
 
 
 class LayerScale(nn.Module):

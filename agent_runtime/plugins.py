@@ -1,0 +1,46 @@
+"""Plugin discovery through Python entry points, shared by every kind of engine.
+
+A package adds an engine by declaring, in its pyproject.toml::
+
+    [project.entry-points."agent_runtime.llm_backends"]     # or agent_runtime.tts_engines
+    mybackend = "my_package:MyBackend"
+
+The class is built with `from_options(**options)` from the config's `options` mapping.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, TypeVar
+
+from agent_runtime.errors import AgentRuntimeError, ConfigError
+
+T = TypeVar("T")
+
+
+def available(group: str) -> dict[str, EntryPoint]:
+    """Installed plugins of `group` by name (the first distribution wins on a duplicate name)."""
+    found: dict[str, EntryPoint] = {}
+    for ep in entry_points(group=group):
+        found.setdefault(ep.name, ep)
+    return found
+
+
+def create(group: str, kind: str, base: type[T], name: str, options: dict[str, Any] | None) -> T:
+    """Build the plugin registered as `name` in `group`; `kind` names it in errors ("LLM backend")."""
+    plugins = available(group)
+    if name not in plugins:
+        known = ", ".join(sorted(plugins)) or "none installed"
+        raise ConfigError(f"unknown {kind} {name!r} (available: {known})")
+    try:
+        cls = plugins[name].load()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"{kind} {name!r} could not be imported ({plugins[name].value}): {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{kind} {name!r} ({plugins[name].value}) is not a {base.__name__} subclass")
+    try:
+        return cls.from_options(**(options or {}))  # type: ignore[attr-defined]
+    except AgentRuntimeError:
+        raise
+    except TypeError as exc:
+        raise ConfigError(f"options for {kind} {name!r}: {exc}") from None
