@@ -134,6 +134,7 @@ class CallServer:
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_post("/offer", self._offer)
+        app.router.add_get("/ice", self._ice)
         app.router.add_route("OPTIONS", "/offer", self._preflight)
         app.router.add_get("/twilio", self._twilio)
         app.on_startup.append(self._on_startup)
@@ -201,6 +202,16 @@ class CallServer:
         return call, None
 
     # -- WebRTC -----------------------------------------------------------------------------------
+    async def _ice(self, request: web.Request) -> web.Response:
+        """The configured STUN/TURN servers for the browser page (TURN credentials: auth required)."""
+        if self.token is not None and not token_matches(bearer(request), self.token):
+            return unauthorized()
+        servers = [
+            {k: v for k, v in (("urls", s.urls), ("username", s.username), ("credential", s.credential)) if v}
+            for s in ice_servers_from_config(self.server_config.ice_servers, self.environ)
+        ]
+        return web.json_response({"iceServers": servers})
+
     async def _offer(self, request: web.Request) -> web.Response:
         if self.token is not None and not token_matches(bearer(request), self.token):
             return unauthorized()

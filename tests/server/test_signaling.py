@@ -187,3 +187,16 @@ def test_ice_servers_come_from_config_and_environment() -> None:
     stun, turn = ice_servers_from_config(cfg.server.ice_servers, {"TURN_USER": "u", "TURN_PASS": "p"})
     assert stun.urls == ["stun:stun.example.com:3478"] and stun.username is None
     assert turn.urls == ["turn:turn.example.com:3478"] and (turn.username, turn.credential) == ("u", "p")
+
+
+async def test_page_gets_the_configured_ice_servers() -> None:
+    servers = [{"urls": ["turn:turn.example.com:3478"], "username_env": "TURN_USER", "credential_env": "TURN_PASS"}]
+    environ = {"AGENT_RUNTIME_TOKEN": "s3cret", "TURN_USER": "u", "TURN_PASS": "p"}
+    async with running_server({"auth": "on", "ice_servers": servers}, environ=environ) as run, aiohttp.ClientSession() as http:
+        async with http.get(f"{run.url}/ice") as r:
+            assert r.status == 401  # TURN credentials only with the token
+        async with http.get(f"{run.url}/ice", headers={"Authorization": "Bearer s3cret"}) as r:
+            assert r.status == 200
+            assert await r.json() == {
+                "iceServers": [{"urls": ["turn:turn.example.com:3478"], "username": "u", "credential": "p"}]
+            }

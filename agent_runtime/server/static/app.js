@@ -118,6 +118,18 @@ async function waitIceGathering(conn) {
   });
 }
 
+// The server's configured STUN/TURN servers (none on loopback).
+async function iceServers() {
+  const headers = {};
+  const t = token();
+  if (t) headers.Authorization = "Bearer " + t;
+  try {
+    const r = await fetch("/ice", { headers });
+    if (r.ok) return (await r.json()).iceServers || [];
+  } catch (e) { console.warn("no ICE configuration", e); }
+  return [];
+}
+
 async function call() {
   $("call").disabled = true;
   setStatus("Asking for the microphone...", "starting");
@@ -125,7 +137,7 @@ async function call() {
     const mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
-    pc = new RTCPeerConnection({ iceServers: [] });
+    pc = new RTCPeerConnection({ iceServers: await iceServers() });
     const channel = pc.createDataChannel("events");
     channel.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.warn(e); } };
     mic.getTracks().forEach((t) => pc.addTrack(t, mic));
