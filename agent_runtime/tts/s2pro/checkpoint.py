@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agent_runtime.errors import ModelLoadError
+from agent_runtime.errors import ModelLoadError, check_tensor_names
 from agent_runtime.tts.s2pro.model import DualARConfig, DualARTransformer, TransformerConfig
 
 SUPPORTED_MODEL_TYPES = ("fish_qwen3_omni", "dual_ar")
@@ -271,15 +271,7 @@ def load_state_strict(model: DualARTransformer, weights: dict[str, Tensor]) -> N
         for k in set(expected) & set(weights)
         if tuple(weights[k].shape) != tuple(expected[k].shape)
     )
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)}: {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {len(unexpected)}: {', '.join(unexpected)}")
-    if mis_shaped:
-        problems.append(f"mis-shaped {len(mis_shaped)}: {', '.join(mis_shaped)}")
-    if problems:
-        raise ModelLoadError("checkpoint does not match the model config; " + "; ".join(problems))
+    check_tensor_names("checkpoint does not match the model config", missing, unexpected, mis_shaped)
     model.load_state_dict(weights, strict=True, assign=True)
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from agent_runtime.tts.s2pro.codec_config import CodecConfig, TransformerConfig
-from agent_runtime.tts.s2pro.model import RMSNorm  # the same fp32 RMSNorm as the Dual-AR
+from agent_runtime.tts.s2pro.model import FeedForward, RMSNorm  # the Dual-AR's own layers
 from agent_runtime.tts.s2pro.model import apply_rotary_emb as apply_rope  # interleaved RoPE in fp32
 
 __all__ = ["CodecConfig", "S2ProCodec", "StreamCache"]
@@ -284,22 +284,11 @@ class Attention(nn.Module):
         return self.wo(y)
 
 
-class FeedForward(nn.Module):
-    def __init__(self, cfg: TransformerConfig) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.intermediate_size, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.intermediate_size, bias=False)
-        self.w2 = nn.Linear(cfg.intermediate_size, cfg.dim, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
-
-
 class TransformerBlock(nn.Module):
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         self.attention = Attention(cfg)
-        self.feed_forward = FeedForward(cfg)
+        self.feed_forward = FeedForward(cfg.dim, cfg.intermediate_size)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attention_layer_scale = LayerScale(cfg.dim)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from agent_runtime.errors import ModelLoadError
+from agent_runtime.errors import ModelLoadError, check_tensor_names
 from agent_runtime.tts.s2pro.codec import S2ProCodec
 from agent_runtime.tts.s2pro.codec_config import CodecConfig
 
@@ -135,15 +135,7 @@ def fuse_state_dict(raw: dict[str, Tensor], codec: S2ProCodec, dtype: torch.dtyp
             out[name] = t.to(dtype)
             reported.add(name)
     missing.extend(name for name in expected if name not in reported)
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing: {_names(missing)}")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected: {_names(unexpected)}")
-    if misshaped:
-        problems.append(f"{len(misshaped)} mis-shaped: {_names(misshaped)}")
-    if problems:
-        raise ModelLoadError("codec checkpoint does not match the codec config: " + "; ".join(problems))
+    check_tensor_names("codec checkpoint does not match the codec config", missing, unexpected, misshaped)
     return out
 
 

@@ -207,11 +207,13 @@ def _eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg: TransformerConfig) -> None:
+    """SwiGLU: w2(silu(w1 x) * w3 x), dim -> hidden -> dim (also the codec's transformer MLP)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()
-        self.w1 = nn.Linear(cfg.dim, cfg.intermediate_size, bias=False)
-        self.w3 = nn.Linear(cfg.dim, cfg.intermediate_size, bias=False)
-        self.w2 = nn.Linear(cfg.intermediate_size, cfg.dim, bias=False)
+        self.w1 = nn.Linear(dim, hidden, bias=False)
+        self.w3 = nn.Linear(dim, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -221,7 +223,7 @@ class TransformerBlock(nn.Module):
     def __init__(self, cfg: TransformerConfig, use_sdpa: bool) -> None:
         super().__init__()
         self.attention = Attention(cfg, use_sdpa)
-        self.feed_forward = FeedForward(cfg)
+        self.feed_forward = FeedForward(cfg.dim, cfg.intermediate_size)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
