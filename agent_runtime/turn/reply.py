@@ -86,6 +86,7 @@ class Reply:
         self.metrics = metrics
         self.audio = audio  # the user's turn audio, int16 16 kHz
         self.transcript: Transcript | None = None
+        self.sounds_complete: bool | None = None  # the turn detector's verdict on the transcript
         self.transcript_ready = asyncio.Event()
         self.committed = asyncio.Event()
         self._playing = asyncio.Event()  # cleared while a barge-in pauses playout

@@ -209,8 +209,9 @@ class Session:
             return
         if reply.transcript is None:
             return  # the decision needs the words
-        complete = self._detector.is_complete(reply.transcript.text)
-        needed = t.end_of_turn_silence_ms if complete else t.incomplete_turn_silence_ms
+        if reply.sounds_complete is None:  # judged once per transcript, not on every frame
+            reply.sounds_complete = self._detector.is_complete(reply.transcript.text)
+        needed = t.end_of_turn_silence_ms if reply.sounds_complete else t.incomplete_turn_silence_ms
         if silence_ms < needed:
             return
         self._endpointer.discard_audio()
