@@ -24,6 +24,15 @@ _NUMBER_ABBREVIATIONS = frozenset({"no", "nos", "vol", "pp", "fig"})
 _SENTENCE_END = ".!?。！？…"
 _CLAUSE_END = ",;:、，；："
 _CLOSERS = "\"')]}”’」』"
+# Discourse markers and greetings that open a reply and end with a natural pause ("Sure, ...").
+OPENERS = frozenset(
+    [
+        "sure", "yes", "yeah", "yep", "no", "nope", "okay", "ok", "alright", "all right", "right", "well",
+        "so", "oh", "ah", "hmm", "hi", "hello", "hey", "thanks", "thank you", "sorry", "great", "perfect",
+        "absolutely", "certainly", "of course", "got it", "i see", "indeed", "excellent", "wonderful",
+        "understood", "no problem", "good", "fine", "now", "actually", "honestly", "unfortunately",
+    ]
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +44,10 @@ class ChunkerConfig:
     later_min_chars: int = 40
     """Later segments end only at a sentence end (or a clause end beyond `later_max_chars`)."""
     later_max_chars: int = 160
+    first_opener_break: bool = False
+    """Also release the first segment at a clause mark right after a short opener ("Sure,",
+    "Well,", "Of course,", see `OPENERS`): an intonation break, so speech can start one phrase
+    earlier without cutting a phrase in two."""
 
 
 class TextChunker:
@@ -133,8 +146,16 @@ def _long_enough_first(head: str, cfg: ChunkerConfig) -> bool:
     words = len(head.split())
     if words >= cfg.first_min_words:
         return True
+    if cfg.first_opener_break and head[-1:] in _CLAUSE_END and _is_opener(head[:-1]):
+        return True
     has_spaces = " " in head
     return not has_spaces and len(head) >= cfg.first_min_chars
+
+
+def _is_opener(text: str) -> bool:
+    """Whether `text` (tags removed) is one of the `OPENERS`, whatever its case and spacing."""
+    words = re.sub(r"\[[^\]]*\]", " ", text).lower().split()
+    return 0 < len(words) <= 2 and " ".join(words) in OPENERS
 
 
 def _speakable(text: str) -> bool:

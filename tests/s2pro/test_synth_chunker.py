@@ -18,9 +18,9 @@ def segments(text: str, by_char: bool = True, config: ChunkerConfig | None = Non
 
 CASES = {
     "first clause early, later sentences larger": (
-        "Well, let me check that for you. Our store opens at nine on weekdays and at ten on Saturdays. "
+        "Let me check that for you. Our store opens at nine on weekdays and at ten on Saturdays. "
         "We close at six. Anything else?",
-        ["Well, let me check that for you.",
+        ["Let me check that for you.",
          "Our store opens at nine on weekdays and at ten on Saturdays.",
          "We close at six. Anything else?"],
     ),
@@ -61,15 +61,15 @@ def test_segments(name: str) -> None:
 
 
 def test_first_clause_needs_three_words_without_tags() -> None:
-    # "[laugh] Oh," is one word: no cut at its comma
-    assert S2ProTextChunker().push("[laugh] Oh, ") == []
-    assert S2ProTextChunker().push("[laugh] Oh, I see, ") == ["[laugh] Oh, I see,"]
+    # "[laugh] Then," is one word (and no opener): no cut at its comma
+    assert S2ProTextChunker().push("[laugh] Then, ") == []
+    assert S2ProTextChunker().push("[laugh] Then, I see, ") == ["[laugh] Then, I see,"]
 
 
 def test_no_cut_inside_an_unfinished_tag() -> None:
     chunker = S2ProTextChunker()
-    assert chunker.push("Right, so [excited, happy") == []
-    assert chunker.push(" tone] yes, ") == ["Right, so [excited, happy tone] yes,"]
+    assert chunker.push("Then so [excited, happy") == []
+    assert chunker.push(" tone] yes, ") == ["Then so [excited, happy tone] yes,"]
     chunker = S2ProTextChunker()
     assert chunker.push("Okay then you are <|speaker:") == []
     assert chunker.push("1|>Hi") == ["Okay then you are"]
@@ -104,10 +104,37 @@ def test_sentence_first_segment_override() -> None:
 
 def test_clause_mark_after_a_letter_releases_at_once() -> None:
     chunker = S2ProTextChunker()
-    assert chunker.push("Sure, we are open tomorrow,") == ["Sure, we are open tomorrow,"]  # no wait for the space
+    assert chunker.push("Then we are open tomorrow,") == ["Then we are open tomorrow,"]  # no wait for the space
     chunker = S2ProTextChunker()
     assert chunker.push("We sold more than 1,") == []  # "1,000" may follow
     assert chunker.push("000 of them, ") == ["We sold more than 1,000 of them,"]
     chunker = S2ProTextChunker()
     assert chunker.push("Oh so [excited, happy tone] yes,") == ["Oh so [excited, happy tone] yes,"]
     assert S2ProTextChunker().push("Well then [excited,") == []  # inside an unfinished tag
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("Sure, we are open tomorrow, from nine until six.", "Sure,"),
+        ("Of course, I can help with that.", "Of course,"),
+        ("[laugh] Well, that is a good question.", "[laugh] Well,"),
+        ("OKAY, let me see.", "OKAY,"),
+        ("Hi John, how can I help you today?", "Hi John, how can I help you today?"),  # a name is no opener
+        ("Sure thing, it costs 3.50 dollars.", "Sure thing, it costs 3.50 dollars."),
+        ("Surely not, that cannot be right.", "Surely not, that cannot be right."),
+    ],
+)
+def test_a_reply_opener_is_a_first_segment_of_its_own(text: str, first: str) -> None:
+    got = segments(text)
+    assert got[0] == first
+    assert " ".join(got) == text
+
+
+def test_opener_break_can_be_turned_off_and_only_applies_to_the_first_segment() -> None:
+    off = S2ProChunkerConfig(first_opener_break=False)
+    assert segments("Sure, we are open tomorrow, from nine.", config=off) == ["Sure, we are open tomorrow,", "from nine."]
+    assert segments("We are open. Well, not on Sunday, sadly. But yes.")[:1] == ["We are open."]
+    chunker = S2ProTextChunker()
+    assert chunker.push("Sure,") == ["Sure,"]  # released with the comma token, no wait for the space
+    assert chunker.push(" well,") == []

@@ -52,9 +52,17 @@ def test_bench_synth_runs_on_a_tiny_random_model(s2pro_fixtures: Path, capsys) -
     ])  # fmt: skip
     assert rc == 0
     out = capsys.readouterr().out
-    assert "engine floor" in out
-    row = next(ln for ln in out.splitlines() if ln.strip().startswith("200 |"))
-    assert len(re.findall(r"\d+ ms", row)) == 5
+    assert out.count("engine floor") == 2
+    assert "first segment 'Sure,'" in out  # the opener is a segment of its own
+    assert "first segment 'We are open tomorrow from nine until six,'" in out
+    opener, plain = [ln for ln in out.splitlines() if ln.strip().startswith("200 |")]
+    assert len(re.findall(r"\d+ ms", opener)) == 5  # with the sentence-buffered baseline
+    assert len(re.findall(r"\d+ ms", plain)) == 3  # the baseline runs for the first reply only
+
+
+def test_bench_synth_refuses_an_unknown_reply(capsys) -> None:
+    assert _run(["s2pro", "bench-synth", "--replies", "opener,shouting"]) != 0
+    assert "shouting" in capsys.readouterr().err
 
 
 def test_engine_choice_and_start_up_message() -> None:

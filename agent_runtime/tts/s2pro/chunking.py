@@ -11,6 +11,9 @@ punctuation for scripts without spaces. S2-Pro adds:
   than waiting for the space after it (a comma in "1,000" follows a digit);
 * inline tags do not count as words when deciding whether a first clause is speakable
   ("[laugh] Oh," is one word, not two);
+* a reply's opener ("Sure,", "Well,", "Of course,") is a first segment of its own: every later
+  segment continues the same utterance, so the pause after an opener costs no prosody, and the
+  first audio no longer waits for the LLM to write a three-word clause;
 * later segments are larger by default (each is one user turn of the conversation: longer turns
   give the model more prosodic context and cost fewer turn headers), capped at `max_chars`
   (the reference's generate_long batches are <= 300 UTF-8 bytes): past the cap the text is cut at
@@ -37,6 +40,7 @@ class S2ProChunkerConfig(ChunkerConfig):
     first_min_chars: int = 8
     later_min_chars: int = 60
     later_max_chars: int = 200
+    first_opener_break: bool = True
     max_chars: int = 300
     """A segment longer than this is cut at the last space (outside tags) even without punctuation."""
 

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("--rates", default="30,80", help="simulated LLM tokens/s, comma-separated (default 30,80)")
+    p.add_argument("--replies", default="opener,plain",
+                   help="simulated replies, comma-separated: opener ('Sure, we are open tomorrow, ...') and/or plain "
+                   "('We are open tomorrow from nine until six, ...', a first clause of eight words)")  # fmt: skip
     p.add_argument("--repeats", type=int, default=5, help="floor + incremental runs per rate; medians are printed")
     p.add_argument("--baseline-repeats", type=int, default=2, help="sentence-buffered runs per rate (slow)")
     p.add_argument("--dim", type=int, default=512, help="Dual-AR model dim (slow and fast)")
@@ -72,7 +75,10 @@ def _bench(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     from agent_runtime.tts.s2pro.bench_synth import Bench
 
-    bench = Bench(args)
+    try:
+        bench = Bench(args)
+    except ValueError as exc:
+        raise AgentRuntimeError(str(exc)) from exc
     try:
         print(bench.describe(), flush=True)
         print(bench.report(asyncio.run(bench.run(rates, args.repeats))))
