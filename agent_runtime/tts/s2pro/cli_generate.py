@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     gen.add_argument(
         "--compile", action="store_true", help="CUDA only: torch.compile the per-frame fast-AR step (not bit-exact)"
     )
+    _add_attention_flag(gen)
     gen.add_argument("--out", required=True, type=Path, help="output .npy file")
     gen.set_defaults(func=_generate)
 
@@ -81,7 +82,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--device", default="cpu", help="torch device")
     bench.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     bench.add_argument("--seed", type=int, default=0, help="weights and sampling seed")
+    _add_attention_flag(bench)
     bench.set_defaults(func=_bench)
+
+
+def _add_attention_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--attention",
+        choices=["auto", "sdpa", "flash"],  # flash_decode.ATTENTION_MODES (not imported: --help stays fast)
+        default="auto",
+        help="slow-AR attention: flash = flash-attn's KV-cache kernel (CUDA, bf16/fp16, not bit-exact), "
+        "sdpa = torch SDPA (the exact CPU path), auto = flash where it can run, else sdpa",
+    )
 
 
 def _torch_dtype(name: str) -> Any:
@@ -116,7 +128,11 @@ def _generate(args: argparse.Namespace) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"--device {args.device}: CUDA is not available")
     engine = S2ProEngine.load(
-        args.checkpoint, device=args.device, dtype=_torch_dtype(args.dtype), compile_fast=args.compile
+        args.checkpoint,
+        device=args.device,
+        dtype=_torch_dtype(args.dtype),
+        compile_fast=args.compile,
+        attention=args.attention,
     )
     try:
         stream = engine.open_stream(voice=voice, params=params, max_frames=args.max_frames)
@@ -239,7 +255,7 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
     model = _random_model(args, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     tok = _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)
-    engine = S2ProEngine(model, tok)
+    engine = S2ProEngine(model, tok, attention=args.attention)
     rng = np.random.default_rng(args.seed)
     ref_codes = rng.integers(0, 1024, size=(args.codebooks, args.prefix_frames), dtype=np.int64)
     ref_codes[0] = rng.integers(0, args.codebook_size, size=args.prefix_frames)
@@ -249,7 +265,8 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
     print(
         f"random Dual-AR: {n_params / 1e6:.1f}M params, dim {args.dim}, {args.slow_layers}+{args.fast_layers} layers, "
         f"vocab {args.vocab}, {args.codebooks}x{args.codebook_size} codebooks, max_seq_len {args.max_seq_len}, "
-        f"{str(dtype).removeprefix('torch.')} on {args.device}, {torch.get_num_threads()} threads"
+        f"{str(dtype).removeprefix('torch.')} on {args.device}, {torch.get_num_threads()} threads, "
+        f"slow-AR attention {engine.attention}"
     )
 
     def clock() -> tuple[float, float]:

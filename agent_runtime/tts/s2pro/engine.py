@@ -16,6 +16,8 @@
   batches, prefilling only those new positions.
 * Outputs are bit-identical to the reference on CPU (see `naive_generate`, the faithful baseline):
   every shortcut taken here is one that provably or measurably keeps the bits.
+* Slow-AR attention: SDPA, or on CUDA flash-attn's KV-cache kernel when it is installed
+  (`attention="auto" | "sdpa" | "flash"`, see flash_decode.py; numerically equivalent, not exact).
 * Cancellation: `stream.cancel()` (any thread) stops generation before the next frame.
 * Async: steps run on the engine's single model worker thread; `_StepScheduler` is the one place
   where decode steps of concurrent streams could later be batched.
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agent_runtime.errors import AgentRuntimeError, ConfigError, ModelLoadError
+from agent_runtime.tts.s2pro.flash_decode import DEFAULT_KERNEL, FlashKernel, select_flash
 from agent_runtime.tts.s2pro.kv_cache import SlowKVCache, decode_kv_len, prefill_kv_len
 from agent_runtime.tts.s2pro.model import DualARTransformer, FastARStepper, LayerKV
 from agent_runtime.tts.s2pro.prompt import (
@@ -266,9 +269,15 @@ class S2ProEngine:
         *,
         prefix_cache_size: int = 16,
         compile_fast: bool = False,
+        attention: str = "auto",
+        flash_kernel: FlashKernel = DEFAULT_KERNEL,
     ) -> None:
         """`compile_fast` (CUDA only) runs the per-frame fast-AR step through torch.compile; it is
-        numerically equivalent, not bit-identical, so CPU (the exact path) refuses it."""
+        numerically equivalent, not bit-identical, so CPU (the exact path) refuses it.
+
+        `attention` (slow AR): "sdpa" (torch SDPA, the exact path on CPU), "flash" (`flash_kernel`,
+        by default flash-attn's KV-cache kernel: CUDA, bf16/fp16; ConfigError saying why where it
+        cannot run) or "auto" (flash where it can run, else sdpa). `self.attention` is the one used."""
         cfg = model.cfg
         if (tokenizer.semantic_begin_id, tokenizer.semantic_end_id) != (cfg.semantic_begin_id, cfg.semantic_end_id):
             raise ModelLoadError("model and tokenizer disagree on the semantic token ids")
@@ -292,6 +301,9 @@ class S2ProEngine:
         self.prefix_misses = 0
         self.scheduler = _StepScheduler()
         self._fast_stepper = FastARStepper(model)
+        use_flash = select_flash(attention, flash_kernel, model.device, model.dtype, cfg.slow)
+        self._flash = flash_kernel if use_flash else None
+        self.attention = "flash" if use_flash else "sdpa"
         if compile_fast:
             if model.device.type != "cuda":
                 raise ConfigError("compile_fast needs a CUDA device (on CPU it would break bit-exactness)")
@@ -369,7 +381,7 @@ class S2ProEngine:
             return values, None
         kv = None
         if values.shape[1] >= MIN_PREFILL_ROWS:
-            cache = SlowKVCache(self.cfg.slow, self.cfg.cache_len, self.model.dtype, self.device, values.shape[1])
+            cache = self._new_cache(values.shape[1])
             with torch.inference_mode():
                 self._prefill(cache, values, 0, want_output=False)
             kv = cache.snapshot(values.shape[1])
@@ -383,6 +395,10 @@ class S2ProEngine:
     def clear_prefix_cache(self) -> None:
         with self._prefix_lock:
             self._prefix_cache.clear()
+
+    def _new_cache(self, capacity: int) -> SlowKVCache:
+        """An empty slow-AR cache (in the layout of the engine's attention path)."""
+        return SlowKVCache(self.cfg.slow, self.cfg.cache_len, self.model.dtype, self.device, capacity, self._flash)
 
     # -- model steps (inference mode is set by the callers) --
 
@@ -516,7 +532,7 @@ class S2ProStream:
         self.sampler = SamplerTensors.create(params, model.dtype, model.device)
         self.fast_caches = model.new_fast_caches()
         prefix_values, prefix_kv = engine._prefix(voice, use_prefix_cache)
-        self.cache = SlowKVCache(model.cfg.slow, model.cfg.cache_len, model.dtype, model.device, prefix_values.shape[1])
+        self.cache = engine._new_cache(prefix_values.shape[1])
         self._values = prefix_values  # (N+1, T) everything in the context so far
         self._prefilled = 0  # positions whose KV came from a prefill (bit-exact context)
         if prefix_kv is not None:

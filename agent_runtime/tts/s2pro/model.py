@@ -13,18 +13,25 @@ q/k norms, SDPA for the slow AR, plain model-dtype attention for the fast AR.
 KV handling is explicit: every forward receives the cache tensors, the first position `start`
 and the number of KV slots `kv_len` to attend over, so the engine decides how much of the
 cache is read (the math here does not care whether the cache is 32k slots or just enough).
+On CUDA the slow AR's caches may instead be `FlashLayerKV`s (flash_decode.py), which store
+K/V and attend through flash-attn's KV-cache kernel themselves.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+
+if TYPE_CHECKING:
+    from agent_runtime.tts.s2pro.flash_decode import FlashLayerKV
 
 
 @dataclass(frozen=True)
@@ -112,6 +119,7 @@ class LayerKV:
     """K/V tensors of one attention layer: (B, KV, capacity, hd) each, written in place."""
 
     __slots__ = ("k", "v")
+    seq_dim = 2  # the slot axis
 
     def __init__(self, k: Tensor, v: Tensor) -> None:
         self.k = k
@@ -150,7 +158,7 @@ class Attention(nn.Module):
         x: Tensor,
         freqs_cis: Tensor,
         mask: Tensor,
-        cache: LayerKV | None,
+        cache: LayerKV | FlashLayerKV | None,
         start: int,
         kv_len: int,
         math_sdpa: bool = False,
@@ -159,6 +167,7 @@ class Attention(nn.Module):
 
         With a cache the new K/V are written at [start, start+S) and attention reads the first
         `kv_len` slots; `mask` is (1, 1, S, kv_len). Without a cache it attends over x itself.
+        A `FlashLayerKV` cache stores K/V and attends itself (causally over [0, start+S)).
         """
         cfg = self.cfg
         bsz, seqlen, _ = x.shape
@@ -173,6 +182,8 @@ class Attention(nn.Module):
             k = self.k_norm(k)
         q = apply_rotary_emb(q, freqs_cis)
         k = apply_rotary_emb(k, freqs_cis)
+        if cache is not None and not isinstance(cache, LayerKV):  # flash-attn's kernel (CUDA)
+            return self.wo(cache.attend(q, k, v, start).reshape(bsz, seqlen, q_size))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, S, hd)
 
         if cache is not None:
@@ -232,7 +243,7 @@ class TransformerBlock(nn.Module):
         x: Tensor,
         freqs_cis: Tensor,
         mask: Tensor,
-        cache: LayerKV | None,
+        cache: LayerKV | FlashLayerKV | None,
         start: int,
         kv_len: int,
         math_sdpa: bool = False,
@@ -304,7 +315,7 @@ class DualARTransformer(nn.Module):
     def forward_slow(
         self,
         values: Tensor,
-        caches: list[LayerKV] | None,
+        caches: Sequence[LayerKV | FlashLayerKV] | None,
         start: int,
         kv_len: int,
         *,
@@ -316,6 +327,7 @@ class DualARTransformer(nn.Module):
         Returns (normed, fast_in): the final-normed hidden states (B, S', D) that feed the
         logits, and the fast-AR input (B, S', fast D) (normed or pre-norm per config, then
         `fast_project_in`), where S' = S with `return_all`, else 1 (last position).
+        With `FlashLayerKV` caches `kv_len` is unused (the kernel reads [0, start+S)).
         """
         seqlen = values.shape[-1]
         positions = torch.arange(start, start + seqlen, device=values.device)

@@ -104,6 +104,7 @@ def load_local(
     max_frames_per_segment: int | None = None,
     prefix_cache_size: int = 16,
     compile_fast: bool = False,
+    attention: str = "auto",
 ) -> S2ProBackend:
     """Load the local backend (blocking: seconds on the real 9 GB checkpoint).
 
@@ -115,7 +116,8 @@ def load_local(
     `temperature`/`top_p`/`top_k`; `seed` (None: random per reply); `first_chunk_frames` /
     `chunk_frames`: codec chunk sizes; `max_frames_per_segment` (None: from the text length,
     0: no cap); `prefix_cache_size`: voice prefixes kept prefilled; `compile_fast`: torch.compile
-    the fast AR (CUDA only).
+    the fast AR (CUDA only); `attention`: slow-AR attention, auto (flash-attn's KV-cache kernel
+    where it can run: CUDA, bf16/fp16, flash-attn installed; else sdpa), sdpa or flash.
     """
     import torch
 
@@ -139,7 +141,7 @@ def load_local(
     started = time.perf_counter()
     engine = S2ProEngine.load(
         checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]),
-        prefix_cache_size=prefix_cache_size, compile_fast=compile_fast,
+        prefix_cache_size=prefix_cache_size, compile_fast=compile_fast, attention=attention,
     )  # fmt: skip
     try:
         codec_model = load_codec(codec, codec_config, dtype=codec_dtype, device=device)
