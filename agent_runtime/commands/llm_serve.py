@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-id", default=None, help="model name reported by /v1/models (default: from the file name)")
     p.add_argument("--max-context", type=int, default=2048, help="KV-cache positions (default: 2048)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: half the CPUs, 1 to 4)")
+    p.add_argument("--decode-dtype", choices=["float16", "bfloat16", "float32"], default="float16",
+                   help="precision of the weight copies one-token steps read (float32: none; default float16)")  # fmt: skip
     p.set_defaults(func=run)
 
 
@@ -36,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     path = resolve_model_path(args.model)  # fails fast with the install hint
     model_id = args.model_id or path.name.removesuffix(".gguf").split(".")[0].lower()
-    backend = LocalLLMBackend(model_path=path, max_context=args.max_context, threads=args.threads)
+    backend = LocalLLMBackend(
+        model_path=path, max_context=args.max_context, threads=args.threads, decode_dtype=args.decode_dtype
+    )
     try:
         asyncio.run(serve(backend, model_id, args.host, args.port))
     except OSError as exc:

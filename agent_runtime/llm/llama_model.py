@@ -4,6 +4,11 @@ Weights use llama.cpp's GGUF layout: the converter permutes the rows of Q and K 
 embedding rotates *adjacent* pairs (x0, x1), (x2, x3), ... instead of HF's two halves; `apply_rope`
 therefore rotates interleaved pairs (as complex numbers) and the GGUF weights are used as stored.
 The KV cache is preallocated for `max_context` positions; `forward` appends to it at `start`.
+
+Decoding one token reads every weight once, so it is bound by memory bandwidth. `use_decode_dtype`
+keeps a second, half-precision copy of the weights for one-row matvecs (decode steps and the
+output head): half the bytes to read. Prefill (many rows, compute bound) keeps the fp32 weights,
+because half-precision GEMMs are slow on CPUs without native support (AVX2).
 """
 
 from __future__ import annotations
@@ -33,13 +38,23 @@ class LlamaConfig:
 
 
 class Linear(nn.Linear):
-    """`nn.Linear` without bias or random init: weights are always loaded from the checkpoint."""
+    """`nn.Linear` without bias or random init: weights are always loaded from the checkpoint.
+
+    With a `decode_weight` (a half-precision copy of `weight`), one-row inputs are multiplied by
+    that copy instead (input rounded to its dtype, fp32 output)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
+        self.decode_weight: torch.Tensor | None = None
 
     def reset_parameters(self) -> None:
         pass
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dw = self.decode_weight
+        if dw is not None and (x.dim() == 1 or x.shape[0] == 1):
+            return F.linear(x.to(dw.dtype), dw).to(x.dtype)
+        return F.linear(x, self.weight)
 
 
 class Embedding(nn.Embedding):
@@ -147,6 +162,20 @@ class Llama(nn.Module):
         self.register_buffer("v_cache", torch.empty(shape), persistent=False)
         if self.rot.device.type != "meta":
             self.init_buffers()
+
+    @property
+    def decode_dtype(self) -> torch.dtype:
+        """The dtype one-token steps multiply with (the weights' own unless `use_decode_dtype`)."""
+        dw = self.output.decode_weight
+        return self.output.weight.dtype if dw is None else dw.dtype
+
+    def use_decode_dtype(self, dtype: torch.dtype | None) -> None:
+        """Multiply one-row inputs by a copy of every linear weight in `dtype` (None or the weights'
+        own dtype: drop the copies)."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                same = dtype is None or dtype == module.weight.dtype
+                module.decode_weight = None if same else module.weight.detach().to(dtype)
 
     def init_buffers(self) -> None:
         """Fill the rope table and zero the KV cache."""

@@ -35,7 +35,9 @@ class LocalLLMBackend(LLMBackend):
     default: half the CPUs, 1 to 4: on 2 cores the LLM keeps one core and ASR/TTS the other, and
     OpenMP threads never fight over a core), `repetition_penalty` (default 1.1, llama.cpp-style over
     the last 64 tokens; a request's `options.extra["repetition_penalty"]` overrides it; 1.0 = off),
-    `lm` (an already loaded `LocalLM`, e.g. shared by tests).
+    `decode_dtype` (precision of the weight copies one-token steps read: "float16" by default,
+    "bfloat16", or "float32" for none; prefill always uses the fp32 weights), `lm` (an already
+    loaded `LocalLM`, e.g. shared by tests).
     """
 
     name = "local"
@@ -46,10 +48,16 @@ class LocalLLMBackend(LLMBackend):
         max_context: int = 2048,
         threads: int | None = None,
         repetition_penalty: float = 1.1,
+        decode_dtype: str = "float16",
         lm: LocalLM | None = None,
     ) -> None:
+        from agent_runtime.llm.smollm import DECODE_DTYPES
+
         if repetition_penalty <= 0:
             raise ConfigError("local LLM: repetition_penalty must be positive (1.0 = off)")
+        if decode_dtype not in DECODE_DTYPES:
+            raise ConfigError(f"local LLM: decode_dtype must be one of {', '.join(DECODE_DTYPES)}, not {decode_dtype!r}")
+        self.decode_dtype = decode_dtype
         self.model_path = model_path
         self.max_context = max_context
         self.repetition_penalty = float(repetition_penalty)
@@ -62,7 +70,7 @@ class LocalLLMBackend(LLMBackend):
 
     @classmethod
     def from_options(cls, **options: Any) -> LocalLLMBackend:
-        known = {"model_path", "max_context", "threads", "repetition_penalty"}
+        known = {"model_path", "max_context", "threads", "repetition_penalty", "decode_dtype"}
         unknown = set(options) - known
         if unknown:
             raise ConfigError(f"unknown option(s) for the local LLM backend: {sorted(unknown)} (known: {sorted(known)})")
@@ -74,7 +82,7 @@ class LocalLLMBackend(LLMBackend):
             if self._lm is None:
                 from agent_runtime.llm.smollm import LocalLM
 
-                self._lm = LocalLM.load(self.model_path, self.max_context)
+                self._lm = LocalLM.load(self.model_path, self.max_context, self.decode_dtype)
             return self._lm
 
     async def warmup(self) -> None:

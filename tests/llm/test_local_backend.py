@@ -95,3 +95,13 @@ async def test_stop_strings_and_empty_reply(backend: LocalLLMBackend) -> None:
     assert text == "The capital"
     none = [d async for d in backend.stream_chat(FRANCE, GenerationOptions(max_tokens=1, stop=("The",)))]
     assert none == []
+
+
+async def test_decode_dtype_option_is_validated() -> None:
+    from agent_runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="decode_dtype must be one of float16, bfloat16, float32"):
+        LocalLLMBackend.from_options(decode_dtype="int4")
+    backend = LocalLLMBackend.from_options(decode_dtype="float32", threads=1)
+    assert backend.decode_dtype == "float32"
+    await backend.aclose()

@@ -49,8 +49,51 @@ def test_kv_cache_matches_full_recompute(local_lm: LocalLM, on_worker: Callable[
             step = model(torch.tensor([ids[pos]]), pos)
         return full, step
 
-    full, step = on_worker(logits)
+    model.use_decode_dtype(None)  # fp32 steps: the same weights as the full pass
+    try:
+        full, step = on_worker(logits)
+    finally:
+        model.use_decode_dtype(torch.float16)
     torch.testing.assert_close(step, full, atol=2e-3, rtol=1e-3)
+
+
+def test_half_precision_decode_steps_track_fp32(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
+    """One-token steps read fp16 copies of the weights (prefill keeps fp32): logits stay close to
+    the fp32 ones and pick the same tokens."""
+    ids = local_lm.template.encode(FRANCE)
+    model = local_lm.model
+    assert model.decode_dtype == torch.float16
+    assert model.layers[0].feed_forward.w13.decode_weight.dtype == torch.float16  # type: ignore[union-attr]
+
+    @torch.inference_mode()
+    def steps(dtype: torch.dtype | None) -> torch.Tensor:
+        model.use_decode_dtype(dtype)
+        model(torch.tensor(ids[:-6]), 0)
+        return torch.stack([model(torch.tensor([ids[pos]]), pos) for pos in range(len(ids) - 6, len(ids))])
+
+    try:
+        ref, half = on_worker(steps, None), on_worker(steps, torch.float16)
+    finally:
+        model.use_decode_dtype(torch.float16)
+    assert torch.equal(ref.argmax(-1), half.argmax(-1))
+    assert (ref - half).abs().max().item() < 0.05 * ref.abs().max().item()
+    assert not torch.equal(ref, half)  # the copies are really used
+
+
+def test_half_precision_overflow_falls_back_to_fp32(local_lm: LocalLM, reply: Callable[..., str], caplog) -> None:
+    model = local_lm.model
+    w = model.layers[3].attention.wo
+    assert w.decode_weight is not None
+    w.decode_weight[0, 0] = float("inf")  # a step's output overflows: non-finite logits
+    try:
+        local_lm.reset_cache()
+        with caplog.at_level("WARNING", logger="agent_runtime.llm.smollm"):
+            answer = reply(FRANCE)
+        assert "Paris" in answer
+        assert "decoding in float32 from now on" in caplog.text
+        assert model.decode_dtype == torch.float32 and w.decode_weight is None
+    finally:
+        model.use_decode_dtype(torch.float16)
 
 
 def test_coherent_answer(local_lm: LocalLM, reply: Callable[..., str]) -> None:
