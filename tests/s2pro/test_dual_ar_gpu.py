@@ -76,3 +76,40 @@ def test_cuda_flash_attention_matches_sdpa() -> None:
     assert flash.prefix_hits == 1
     np.testing.assert_array_equal(b, c)
     assert b.shape[0] == cfg.num_codebooks and (b >= 0).all() and (b < cfg.codebook_size).all()
+
+
+def test_cuda_batched_decode_matches_unbatched() -> None:
+    """Batched decode (on by default on CUDA) against one stream at a time, in the engine's default
+    attention path: the batched slow-AR states stay close to the single-stream ones at every step,
+    and lock-step streams batch and give valid frames."""
+    from agent_runtime.tts.s2pro.batched import decode_slow_batch
+
+    from .test_batched_decode import run_rounds
+
+    cfg = make_config()
+    model = make_model(cfg, torch.bfloat16).to("cuda")
+    engine = S2ProEngine(model, _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size))
+    assert engine.batch_decode and engine.scheduler.max_batch == 16
+    prompts = [engine.builder.build(TEXT, random_voice(cfg, frames=f, seed=f)) for f in (20, 70, 310)]
+    caches = [engine._new_cache(p.shape[1]) for p in prompts]
+    frames = [random_frames(engine, 12, seed=b) for b in range(len(prompts))]
+    with torch.inference_mode():
+        for cache, prompt in zip(caches, prompts, strict=True):
+            engine._prefill(cache, prompt, 0, want_output=False)
+        for t in range(12):
+            positions = [p.shape[1] + t for p in prompts]
+            kv_lens = [engine._decode_slots(c, pos) for c, pos in zip(caches, positions, strict=True)]
+            values = torch.stack([f[:, t] for f in frames]).view(len(prompts), -1, 1).to("cuda")
+            normed, _ = decode_slow_batch(model, values, [c.layers for c in caches], positions, kv_lens)
+            for b, (cache, pos) in enumerate(zip(caches, positions, strict=True)):
+                want, _ = engine._decode(cache, frames[b][:, t], pos)
+                got, want = normed[b].float().flatten(), want.float().flatten()
+                assert F.cosine_similarity(got, want, dim=0) > 0.999
+                assert (got - want).abs().max() < 0.25
+    streams = [engine.open_stream(voice=random_voice(cfg), params=PARAMS, seed=i) for i in range(3)]
+    out = run_rounds(engine, streams, rounds=10, cancel={})
+    assert engine.batch_stats.sizes[3] >= 1 and max(engine.batch_stats.sizes) == 3
+    for got in out:  # 9 frames each (budget 10), fewer where <|im_end|> came first
+        kept = np.stack([f for f in got if f is not None], axis=1)
+        assert kept.shape[0] == cfg.num_codebooks and 1 <= kept.shape[1] <= 9
+        assert (kept >= 0).all() and (kept < cfg.codebook_size).all()

@@ -19,15 +19,19 @@
 * Slow-AR attention: SDPA, or on CUDA flash-attn's KV-cache kernel when it is installed
   (`attention="auto" | "sdpa" | "flash"`, see flash_decode.py; numerically equivalent, not exact).
 * Cancellation: `stream.cancel()` (any thread) stops generation before the next frame.
-* Async: steps run on the engine's single model worker thread; `_StepScheduler` is the one place
-  where decode steps of concurrent streams could later be batched.
+* Async: steps run on the engine's single model worker thread (`_StepScheduler`), in rounds.
+* Batched decode (`batch_decode="auto" | "on" | "off"`, auto = on for CUDA only): the decode steps
+  of concurrent streams in one round run as one forward of up to `max_batch` rows (batched.py).
+  Numerically equivalent to one stream at a time, not bit-identical, hence off on CPU by default.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -40,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agent_runtime.errors import AgentRuntimeError, ConfigError, ModelLoadError
+from agent_runtime.tts.s2pro.batched import BatchedFastAR, BatchStats, decode_slow_batch, first_code
 from agent_runtime.tts.s2pro.flash_decode import DEFAULT_KERNEL, FlashKernel, select_flash
 from agent_runtime.tts.s2pro.kv_cache import SlowKVCache, decode_kv_len, prefill_kv_len
 from agent_runtime.tts.s2pro.model import DualARTransformer, FastARStepper, LayerKV
@@ -66,6 +71,10 @@ from agent_runtime.tts.s2pro.sampling import (
 MIN_PREFILL_ROWS = 16
 # generate_long refuses prompts longer than max_seq_len - 2048.
 CONTEXT_RESERVE = 2048
+BATCH_MODES = ("auto", "on", "off")
+# With batching, a round waits this long for the next steps of streams still generating (an async
+# consumer resubmits a moment after receiving its frame) so that they join the batch.
+GATHER_S = 0.002
 
 
 class StreamCancelled(AgentRuntimeError):
@@ -162,7 +171,7 @@ def _fast_codes(
         model.forward_fast(fast_in.view(1, 1, -1), 0, caches)
     else:
         stepper.step(fast_in.view(1, 1, -1), 0, caches, want_logits=False)
-    code = min(max(token - cfg.semantic_begin_id, 0), cfg.codebook_size - 1)
+    code = first_code(cfg, token)
     codes = [code]
     emb = model.fast_embeddings.weight
     for k in range(1, cfg.num_codebooks):
@@ -183,21 +192,28 @@ class _PrefixEntry:
     kv: list[tuple[Tensor, Tensor]] | None  # per-layer K/V of the P positions (None if too short)
 
 
+StepBatch = Callable[[list["_Segment"]], list[np.ndarray | None]]
+
+
 class _StepScheduler:
     """The engine's single model thread.
 
     Jobs are either plain callables (prefills, voice preparation) or frame steps of segments.
-    The worker drains the queue and hands all pending frame steps to `_run_steps` together: with
-    one stream that is one step; with concurrent streams it is the place where their decode steps
-    can be batched into one forward on GPU (today they run one after another, which keeps every
-    stream bit-exact on CPU).
+    The worker drains the queue in rounds: the calls first, then all pending frame steps together
+    (`_run_steps`). Prefills run one by one; with `step_batch` (batching on) the decode steps run
+    as batched forwards of up to `max_batch` segments, else one after another (which keeps every
+    stream bit-exact on CPU). With batching, a round first waits up to GATHER_S for the segments
+    of the previous round that are still generating, so that they are in the batch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, step_batch: StepBatch | None = None, max_batch: int = 1) -> None:
         self._queue: collections.deque[tuple[str, Any, Future[Any]]] = collections.deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._step_batch = step_batch
+        self.max_batch = max_batch if step_batch is not None else 1
+        self._expected: list[_Segment] = []  # segments of the last round that go on (batching only)
 
     def submit(self, fn: Callable[[], Any]) -> Future[Any]:
         """Run `fn()` on the model thread."""
@@ -220,14 +236,7 @@ class _StepScheduler:
         return fut
 
     def _run(self) -> None:
-        while True:
-            with self._cv:
-                while not self._queue and not self._closed:
-                    self._cv.wait()
-                if not self._queue:
-                    return
-                jobs = list(self._queue)
-                self._queue.clear()
+        while (jobs := self._drain()) is not None:
             live = [(kind, item, fut) for kind, item, fut in jobs if fut.set_running_or_notify_cancel()]
             for kind, item, fut in live:
                 if kind == "call":
@@ -236,10 +245,70 @@ class _StepScheduler:
             if steps:
                 self._run_steps(steps)
 
-    @staticmethod
-    def _run_steps(steps: list[tuple[_Segment, Future[Any]]]) -> None:
+    def _drain(self) -> list[tuple[str, Any, Future[Any]]] | None:
+        """The next round's jobs (None once closed and empty)."""
+        with self._cv:
+            while not self._queue and not self._closed:
+                self._cv.wait()
+            if not self._queue:
+                return None
+            self._gather()
+            jobs = list(self._queue)
+            self._queue.clear()
+        return jobs
+
+    def _gather(self) -> None:
+        """Wait up to GATHER_S for the next steps of the last round's ongoing segments (lock held)."""
+        deadline = time.monotonic() + GATHER_S
+        while self._expected and not self._closed:
+            queued = {id(item) for kind, item, _ in self._queue if kind == "step"}
+            left = deadline - time.monotonic()
+            if left <= 0 or all(seg.done or id(seg) in queued for seg in self._expected):
+                return
+            self._cv.wait(left)
+
+    def _run_steps(self, steps: list[tuple[_Segment, Future[Any]]]) -> None:
+        single: list[tuple[_Segment, Future[Any]]] = []
+        batchable: list[tuple[_Segment, Future[Any]]] = []
+        repeated: list[tuple[_Segment, Future[Any]]] = []  # a second step of a segment in the round
+        seen: set[int] = set()
         for segment, fut in steps:
+            if id(segment) in seen:
+                repeated.append((segment, fut))
+            elif self.max_batch > 1 and segment.index > 0 and not segment.done:
+                batchable.append((segment, fut))
+            else:
+                single.append((segment, fut))
+            seen.add(id(segment))
+        for segment, fut in single:  # prefills (and finished segments) first, one by one
             _resolve(fut, segment.step)
+        for group in _even_groups(batchable, self.max_batch):
+            self._run_batch(group)
+        for segment, fut in repeated:
+            _resolve(fut, segment.step)
+        if self.max_batch > 1:
+            self._expected = [segment for segment, _ in steps if not segment.done]
+
+    def _run_batch(self, group: list[tuple[_Segment, Future[Any]]]) -> None:
+        """One decode frame for each segment of `group` (those still live) in one forward."""
+        live = []
+        for segment, fut in group:
+            if segment._live():
+                live.append((segment, fut))
+            else:
+                fut.set_result(None)
+        if len(live) < 2 or self._step_batch is None:
+            for segment, fut in live:
+                _resolve(fut, segment.step)
+            return
+        try:
+            frames = self._step_batch([segment for segment, _ in live])
+        except BaseException as exc:
+            for _, fut in live:
+                fut.set_exception(exc)
+            return
+        for (_, fut), frame in zip(live, frames, strict=True):
+            fut.set_result(frame)
 
     def close(self, wait: bool = False) -> None:
         """Refuse new jobs; the worker ends once the queue is empty (`wait`: join it, unless this
@@ -250,6 +319,14 @@ class _StepScheduler:
             thread = self._thread
         if wait and thread is not None and thread is not threading.current_thread():
             thread.join()
+
+
+def _even_groups(items: list[Any], size: int) -> list[list[Any]]:
+    """`items` cut into the fewest groups of at most `size`, of (almost) equal sizes, in order."""
+    if not items:
+        return []
+    per = math.ceil(len(items) / math.ceil(len(items) / size))
+    return [items[i : i + per] for i in range(0, len(items), per)]
 
 
 def _resolve(fut: Future[Any], fn: Callable[[], Any]) -> None:
@@ -271,9 +348,17 @@ class S2ProEngine:
         compile_fast: bool = False,
         attention: str = "auto",
         flash_kernel: FlashKernel = DEFAULT_KERNEL,
+        batch_decode: str = "auto",
+        max_batch: int = 16,
     ) -> None:
         """`compile_fast` (CUDA only) runs the per-frame fast-AR step through torch.compile; it is
-        numerically equivalent, not bit-identical, so CPU (the exact path) refuses it.
+        numerically equivalent, not bit-identical, so CPU (the exact path) refuses it (batched
+        steps run the eager fast AR).
+
+        `batch_decode`: "on" runs the decode steps of concurrent streams (one round of the model
+        thread) as batched forwards of up to `max_batch` streams, "off" one after another, "auto"
+        on for CUDA and off for CPU, where only one stream at a time is bit-exact.
+        `self.batch_decode` is the resolved choice, `self.batch_stats` counts the batched forwards.
 
         `attention` (slow AR): "sdpa" (torch SDPA, the exact path on CPU), "flash" (`flash_kernel`,
         by default flash-attn's KV-cache kernel: CUDA, bf16/fp16; ConfigError saying why where it
@@ -299,8 +384,11 @@ class S2ProEngine:
         self._prefix_lock = threading.Lock()
         self.prefix_hits = 0
         self.prefix_misses = 0
-        self.scheduler = _StepScheduler()
         self._fast_stepper = FastARStepper(model)
+        self.batch_decode = _batching(batch_decode, max_batch, model.device)
+        self.batch_stats = BatchStats()
+        self._batched_fast = BatchedFastAR(model, self._fast_stepper, max_batch) if self.batch_decode else None
+        self.scheduler = _StepScheduler(self._step_batch if self.batch_decode else None, max_batch)
         use_flash = select_flash(attention, flash_kernel, model.device, model.dtype, cfg.slow)
         self._flash = flash_kernel if use_flash else None
         self.attention = "flash" if use_flash else "sdpa"
@@ -413,14 +501,44 @@ class S2ProEngine:
         normed, fast_in = self.model.forward_slow(values[None].to(self.device), cache.layers, start, kv_len)
         return (normed, fast_in) if want_output else None
 
-    def _decode(self, cache: SlowKVCache, frame: Tensor, pos: int) -> tuple[Tensor, Tensor]:
+    def _decode_slots(self, cache: SlowKVCache, pos: int) -> int:
+        """Make `cache` ready to decode `pos`; the number of slots to attend over."""
         kv_len = decode_kv_len(pos, self.cfg.cache_len)
         cache.ensure(kv_len)
-        n = self.cfg.num_codebooks + 1
+        return kv_len
+
+    @property
+    def _math_sdpa(self) -> bool:
         # CPU: the reference's math backend (bit-exact). CUDA: the default (fused) kernels; GPU
         # results are numerically equivalent only, whatever the backend (spec 8.10).
-        math_sdpa = self.device.type == "cpu"
-        return self.model.forward_slow(frame.view(1, n, 1).to(self.device), cache.layers, pos, kv_len, math_sdpa=math_sdpa)
+        return self.device.type == "cpu"
+
+    def _decode(self, cache: SlowKVCache, frame: Tensor, pos: int) -> tuple[Tensor, Tensor]:
+        kv_len = self._decode_slots(cache, pos)
+        n = self.cfg.num_codebooks + 1
+        values = frame.view(1, n, 1).to(self.device)
+        return self.model.forward_slow(values, cache.layers, pos, kv_len, math_sdpa=self._math_sdpa)
+
+    def _step_batch(self, segments: list[_Segment]) -> list[np.ndarray | None]:
+        """One decode frame for each of B >= 2 live segments past their prefill, in one forward;
+        each segment's result as its `step()` would give it."""
+        assert self._batched_fast is not None
+        batch = len(segments)
+        positions = [seg.decode_position for seg in segments]
+        caches = [seg.stream.cache for seg in segments]
+        with torch.inference_mode():
+            kv_lens = [self._decode_slots(cache, pos) for cache, pos in zip(caches, positions, strict=True)]
+            values = torch.stack([seg.last_frame for seg in segments]).view(batch, -1, 1).to(self.device)
+            layers = [cache.layers for cache in caches]
+            normed, fast_in = decode_slow_batch(self.model, values, layers, positions, kv_lens, self._math_sdpa)
+            logits = F.linear(normed, self._head_w)
+            tokens = []
+            for b, seg in enumerate(segments):  # each stream's own generator, RAS window, sampler
+                s = seg.stream
+                tokens.append(self._pick_token(logits[b, -1] + self._bias_w, seg.previous, s.sampler, s.generator, s.stats))
+            codes = self._batched_fast.codes(fast_in, tokens, [seg.stream._fast_sample for seg in segments])
+        self.batch_stats.record(batch)
+        return [seg._advance(tok, c) for seg, tok, c in zip(segments, tokens, codes, strict=True)]
 
     def _slow_token(
         self,
@@ -430,14 +548,34 @@ class S2ProEngine:
         generator: torch.Generator | None,
         stats: SamplerStats,
     ) -> int:
-        cfg = self.cfg
         logits = F.linear(normed, self._head_w)[0, -1] + self._bias_w
+        return self._pick_token(logits, previous, st, generator, stats)
+
+    def _pick_token(
+        self,
+        logits: Tensor,
+        previous: collections.deque[int] | None,
+        st: SamplerTensors,
+        generator: torch.Generator | None,
+        stats: SamplerStats,
+    ) -> int:
+        """The slow token from the window's biased logits: normal draw, RAS draw, RAS rule."""
+        cfg = self.cfg
         args = (self._win_off, cfg.vocab_size)
         tok = sample_window(logits, *args, st.temperature, st.top_p, st.top_k, generator, stats)
         tok_hi = sample_window(logits, *args, st.high_temperature, st.high_top_p, st.top_k, generator, stats)
         if previous is not None and cfg.semantic_begin_id <= tok <= cfg.semantic_end_id and tok in previous:
             tok = tok_hi
         return tok
+
+
+def _batching(mode: str, max_batch: int, device: torch.device) -> bool:
+    """Whether `batch_decode: mode` batches on `device` (ConfigError for bad settings)."""
+    if mode not in BATCH_MODES:
+        raise ConfigError(f"batch_decode must be one of {', '.join(BATCH_MODES)}; got {mode!r}")
+    if max_batch < 1:
+        raise ConfigError(f"max_batch must be >= 1; got {max_batch}")
+    return max_batch > 1 and (mode == "on" or (mode == "auto" and device.type == "cuda"))
 
 
 def _compile_per_position(stepper: FastARStepper) -> None:
@@ -474,14 +612,30 @@ class _Segment:
         self.done = False
         self.kept: list[Tensor] = []
 
+    @property
+    def decode_position(self) -> int:
+        """The position the next decode step writes (its input is the last frame)."""
+        return self.prompt_len + self.index - 1
+
+    @property
+    def last_frame(self) -> Tensor:
+        assert self.frame is not None, "no frame generated yet"
+        return self.frame
+
+    def _live(self) -> bool:
+        """Whether a next frame is wanted (a cancelled stream ends the segment here)."""
+        if self.done:
+            return False
+        if self.stream.cancelled.is_set():
+            self.done = True
+            return False
+        return True
+
     def step(self) -> np.ndarray | None:
         """Generate the next frame; return its codes if kept, None when the segment is over."""
         s = self.stream
         eng = s.engine
-        if self.done:
-            return None
-        if s.cancelled.is_set():
-            self.done = True
+        if not self._live():
             return None
         with torch.inference_mode():
             if self.index == 0:
@@ -491,11 +645,15 @@ class _Segment:
                 normed, fast_in = eng._prefill(s.cache, values, start)  # type: ignore[misc]
                 previous = None
             else:
-                assert self.frame is not None
-                normed, fast_in = eng._decode(s.cache, self.frame, self.prompt_len + self.index - 1)
+                normed, fast_in = eng._decode(s.cache, self.last_frame, self.decode_position)
                 previous = self.previous
             tok = eng._slow_token(normed, previous, s.sampler, s.generator, s.stats)
             codes = _fast_codes(eng.model, fast_in, tok, s.fast_caches, s._fast_sample, eng._fast_stepper)
+        return self._advance(tok, codes)
+
+    def _advance(self, tok: int, codes: list[int]) -> np.ndarray | None:
+        """Take the frame (tok, codes) just generated: its codes if kept, None when it ends the segment."""
+        eng = self.stream.engine
         frame = _frame_column(tok, codes)
         if self.index > 0:
             self.previous.append(tok)

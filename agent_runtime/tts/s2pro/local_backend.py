@@ -10,11 +10,11 @@ to the loop with `call_soon_threadsafe`.
 Sharing and batching. Many replies (of many sessions) share the engine: each owns an `S2ProStream`
 (its KV cache, sampler state and random generator) and a `CodecStreamDecoder`. The model thread
 drains its queue in rounds: the pending calls (stream openings, codec chunks) first, then every
-pending frame step, one per active segment, in the scheduler's `_run_steps` - the single place
-where a GPU build batches concurrent decode steps into one forward. On CPU they run one after
-another, which keeps each stream bit-exact and independent of how many others run (same seed,
-same audio). Codec chunks run before the next round of steps, so a finished chunk is never kept
-waiting behind other streams' frames.
+pending frame step, one per active segment, in the scheduler's `_run_steps`, which batches the
+decode steps into one forward (`batch_decode`, on by default on CUDA). On CPU they run one after
+another by default, which keeps each stream bit-exact and independent of how many others run
+(same seed, same audio). Codec chunks run before the next round of steps, so a finished chunk is
+never kept waiting behind other streams' frames.
 
 One reply = one utterance: its segments continue the same stream (previous codes stay in the
 context, KV reused), and its codec decoder carries its state across segments, so the audio of the
@@ -145,6 +145,7 @@ class LocalBackend(S2ProBackend):
             "voice": self.voice.voice_id if self.voice is not None else None,
             "first_chunk_frames": self.settings.first_chunk_frames,
             "chunk_frames": self.settings.chunk_frames,
+            "batch_decode": f"on, up to {self.engine.scheduler.max_batch}" if self.engine.batch_decode else "off",
         }
 
     def _clip_codes(self, frame: np.ndarray) -> np.ndarray:

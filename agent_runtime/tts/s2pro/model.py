@@ -1,6 +1,6 @@
 """Fish Audio S2-Pro Dual-AR text-to-semantic transformer (gpt-fast style, one file).
 
-Shapes: B = batch (always 1 here), S = positions in this call, L = attended KV length,
+Shapes: B = batch (1, or several streams' decode rows), S = positions in this call, L = attended KV length,
 N = num_codebooks, D = model dim, H / KV = query / key-value heads, hd = head dim.
 
 The slow AR is a Qwen3-shaped decoder over text tokens whose input embedding also sums the
@@ -88,9 +88,10 @@ def precompute_freqs_cis(seq_len: int, n_elem: int, base: float) -> Tensor:
 
 
 def apply_rotary_emb(x: Tensor, freqs_cis: Tensor) -> Tensor:
-    """Interleaved (GPT-J) rotation of x (B, S, H, hd) by freqs_cis (S, hd/2, 2), in fp32."""
+    """Interleaved (GPT-J) rotation of x (B, S, H, hd) by freqs_cis (S, hd/2, 2), in fp32
+    (or (B, S, hd/2, 2): a position per batch row, for batched decoding)."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
-    fc = freqs_cis.view(1, xs.size(1), 1, xs.size(3), 2)
+    fc = freqs_cis.view(-1, xs.size(1), 1, xs.size(3), 2)
     out = torch.stack(
         [
             xs[..., 0] * fc[..., 0] - xs[..., 1] * fc[..., 1],
@@ -169,6 +170,12 @@ class Attention(nn.Module):
         `kv_len` slots; `mask` is (1, 1, S, kv_len). Without a cache it attends over x itself.
         A `FlashLayerKV` cache stores K/V and attends itself (causally over [0, start+S)).
         """
+        q, k, v = self.qkv(x)
+        q, k = self.rotate(q, k, freqs_cis)
+        return self.wo(self.attend(q, k, v, mask, cache, start, kv_len, math_sdpa))
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The projection: x (B, S, D) -> q (B, S, H, hd), k and v (B, S, KV, hd)."""
         cfg = self.cfg
         bsz, seqlen, _ = x.shape
         q_size = cfg.n_head * cfg.head_dim
@@ -177,13 +184,33 @@ class Attention(nn.Module):
         q = q.view(bsz, seqlen, cfg.n_head, cfg.head_dim)
         k = k.view(bsz, seqlen, cfg.n_local_heads, cfg.head_dim)
         v = v.view(bsz, seqlen, cfg.n_local_heads, cfg.head_dim)
-        if cfg.qk_norm:
+        return q, k, v
+
+    def rotate(self, q: Tensor, k: Tensor, freqs_cis: Tensor) -> tuple[Tensor, Tensor]:
+        """qk-norm (where configured) and RoPE of q and k (freqs_cis as `apply_rotary_emb` takes it)."""
+        if self.cfg.qk_norm:
             q = self.q_norm(q)
             k = self.k_norm(k)
-        q = apply_rotary_emb(q, freqs_cis)
-        k = apply_rotary_emb(k, freqs_cis)
+        return apply_rotary_emb(q, freqs_cis), apply_rotary_emb(k, freqs_cis)
+
+    def attend(
+        self,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        mask: Tensor,
+        cache: LayerKV | FlashLayerKV | None,
+        start: int,
+        kv_len: int,
+        math_sdpa: bool = False,
+    ) -> Tensor:
+        """Cache write and attention of rotated q, k and v -> (B, S, H * hd), the input of `wo`.
+        Batched decoding calls this once per stream (its own cache, position and mask)."""
+        cfg = self.cfg
+        bsz, seqlen = q.shape[:2]
+        q_size = cfg.n_head * cfg.head_dim
         if cache is not None and not isinstance(cache, LayerKV):  # flash-attn's kernel (CUDA)
-            return self.wo(cache.attend(q, k, v, start).reshape(bsz, seqlen, q_size))
+            return cache.attend(q, k, v, start).reshape(bsz, seqlen, q_size)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, heads, S, hd)
 
         if cache is not None:
@@ -202,8 +229,7 @@ class Attention(nn.Module):
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        y = y.transpose(1, 2).contiguous().view(bsz, seqlen, q_size)
-        return self.wo(y)
+        return y.transpose(1, 2).contiguous().view(bsz, seqlen, q_size)
 
 
 def _eager_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
@@ -342,6 +368,10 @@ class DualARTransformer(nn.Module):
                 x = layer(x, freqs, mask, None if caches is None else caches[i], start, kv_len)
         if seqlen > 1 and not return_all:
             x = x[:, -1:]
+        return self.slow_outputs(x)
+
+    def slow_outputs(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(normed, fast_in) of the last slow layer's output x (B, S, D), as `forward_slow` returns them."""
         normed = self.norm(x)
         hidden = normed if self.cfg.norm_fastlayer_input else x
         return normed, self.fast_project_in(hidden)
@@ -424,8 +454,11 @@ class FastARStepper:
         return (xf * torch.rsqrt(torch.mean(xf * xf, dim=-1, keepdim=True) + norm.eps)).type_as(x) * norm.weight
 
     def step(self, x: Tensor, pos: int, caches: list[LayerKV], want_logits: bool = True) -> Tensor | None:
-        """x (1, 1, fast D) at codebook position `pos` -> logits (1, 1, codebook_size) (or None)."""
+        """x (B, 1, fast D) at codebook position `pos` -> logits (B, 1, codebook_size) (or None).
+
+        B is 1 for one stream; batched decoding passes B streams' rows and caches of B rows."""
         f = self.cfg.fast
+        bsz = x.shape[0]
         n_layers = len(self.layers)
         for i, (layer, cache) in enumerate(zip(self.layers, caches, strict=True)):
             attn = layer.attention
@@ -434,15 +467,15 @@ class FastARStepper:
             heads = f.n_head + f.n_local_heads
             if self.qk_norm:
                 q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-                q = attn.q_norm(q.view(1, 1, f.n_head, f.head_dim))
-                k = attn.k_norm(k.view(1, 1, f.n_local_heads, f.head_dim))
+                q = attn.q_norm(q.view(bsz, 1, f.n_head, f.head_dim))
+                k = attn.k_norm(k.view(bsz, 1, f.n_local_heads, f.head_dim))
                 qk = self._rope(torch.cat([q, k], dim=2), pos)
             else:
-                qk = self._rope(qkv[..., : heads * f.head_dim].view(1, 1, heads, f.head_dim), pos)
+                qk = self._rope(qkv[..., : heads * f.head_dim].view(bsz, 1, heads, f.head_dim), pos)
                 v = qkv[..., heads * f.head_dim :]
             k = qk[:, :, f.n_head :].transpose(1, 2)
             cache.k[:, :, pos : pos + 1] = k
-            cache.v[:, :, pos : pos + 1] = v.view(1, 1, f.n_local_heads, f.head_dim).transpose(1, 2)
+            cache.v[:, :, pos : pos + 1] = v.view(bsz, 1, f.n_local_heads, f.head_dim).transpose(1, 2)
             if not want_logits and i == n_layers - 1:
                 return None
             q = qk[:, :, : f.n_head].transpose(1, 2)
@@ -451,7 +484,7 @@ class FastARStepper:
             w = q @ keys.transpose(-2, -1) * self.scale
             w += self.bias[pos]
             w = torch.softmax(w, dim=-1)
-            y = (w @ values).transpose(1, 2).contiguous().view(1, 1, self.q_size)
+            y = (w @ values).transpose(1, 2).contiguous().view(bsz, 1, self.q_size)
             h = x + F.linear(y, attn.wo.weight, attn.wo.bias)
             ff = layer.feed_forward
             n = self._norm(layer.ffn_norm, h)

@@ -105,6 +105,8 @@ def load_local(
     prefix_cache_size: int = 16,
     compile_fast: bool = False,
     attention: str = "auto",
+    batch_decode: str = "auto",
+    max_batch: int = 16,
 ) -> S2ProBackend:
     """Load the local backend (blocking: seconds on the real 9 GB checkpoint).
 
@@ -117,7 +119,9 @@ def load_local(
     `chunk_frames`: codec chunk sizes; `max_frames_per_segment` (None: from the text length,
     0: no cap); `prefix_cache_size`: voice prefixes kept prefilled; `compile_fast`: torch.compile
     the fast AR (CUDA only); `attention`: slow-AR attention, auto (flash-attn's KV-cache kernel
-    where it can run: CUDA, bf16/fp16, flash-attn installed; else sdpa), sdpa or flash.
+    where it can run: CUDA, bf16/fp16, flash-attn installed; else sdpa), sdpa or flash;
+    `batch_decode`: concurrent replies' decode steps as one batched forward of up to `max_batch`
+    streams, auto (on for CUDA, off for CPU, where one stream at a time is bit-exact), on or off.
     """
     import torch
 
@@ -142,6 +146,7 @@ def load_local(
     engine = S2ProEngine.load(
         checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]),
         prefix_cache_size=prefix_cache_size, compile_fast=compile_fast, attention=attention,
+        batch_decode=batch_decode, max_batch=int(max_batch),
     )  # fmt: skip
     try:
         codec_model = load_codec(codec, codec_config, dtype=codec_dtype, device=device)
