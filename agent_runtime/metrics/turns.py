@@ -40,6 +40,8 @@ class TurnMetrics:
     premature_replies_dropped: int = 0
     """Speculative replies discarded unheard because the caller kept talking."""
     llm_error: str | None = None
+    tts_error: str | None = None
+    """The TTS engine failed during this reply (the caller heard only what was played before)."""
     user_text: str = ""
     agent_text: str = ""
     """What the caller heard of the reply."""

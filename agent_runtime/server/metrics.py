@@ -120,6 +120,8 @@ class ServerMetrics:
                 self.stage_latency.observe(ms / 1000, stage)
         if turn.llm_error:
             self.errors.inc("llm")
+        if turn.tts_error:
+            self.errors.inc("tts")
 
     def observe_event(self, kind: str, data: dict) -> None:
         if kind == "turn":

@@ -97,6 +97,7 @@ class Reply:
         self.finished = asyncio.Event()
         self.interrupted = False
         self.dropped = False
+        self.tts_failed = False  # the TTS engine raised: the reply was cut short at what was played
         self._task: asyncio.Task[None] | None = None
         self._tts_stream = None
 
@@ -152,7 +153,8 @@ class Reply:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("session %s turn %d: reply failed", s.session_id, self.metrics.turn_id)
+            if not self.tts_failed:  # a TTS failure was logged where it happened
+                log.exception("session %s turn %d: reply failed", s.session_id, self.metrics.turn_id)
         finally:
             self.transcript_ready.set()
             self.finished.set()
@@ -216,7 +218,21 @@ class Reply:
         out_rate = s.transport.output_sample_rate
         resampler: StreamResampler | None = None
         rebuffer = FrameRebuffer(out_rate, OUTPUT_FRAME_MS)
-        async for chunk in tts:
+        chunks = aiter(tts)
+        while True:
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except Exception as exc:  # a dead or failing TTS engine: stop here, the session stays up
+                self.tts_failed = True
+                self.metrics.tts_error = str(exc) or type(exc).__name__
+                log.warning(
+                    "session %s turn %d: TTS failed (%s); the reply ends with the audio it already has",
+                    s.session_id, self.metrics.turn_id, self.metrics.tts_error,
+                )  # fmt: skip
+                await self._send_tail(rebuffer, out_rate)
+                raise  # ends the reply's task group: the LLM stream is cancelled too
             if self.metrics.tts_first_audio is None and len(chunk.audio):
                 self.metrics.tts_first_audio = chunk.created_at
             if resampler is None:
@@ -232,7 +248,10 @@ class Reply:
             await self.committed.wait()
             for frame in frames:
                 await self._send(frame, seg)
-        # pad and send the remainder so the reply's tail is not lost
+        await self._send_tail(rebuffer, out_rate)
+
+    async def _send_tail(self, rebuffer: FrameRebuffer, out_rate: int) -> None:
+        """Pad and send the rebuffer's remainder so the tail of the audio is not lost."""
         tail = rebuffer.push(AudioFrame(np.zeros(rebuffer.frame_samples, np.int16), out_rate))
         if tail:
             await self.committed.wait()

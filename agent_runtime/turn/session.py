@@ -274,12 +274,13 @@ class Session:
             return
         metrics = reply.metrics
         metrics.interrupted = reply.interrupted
-        heard = reply.heard.text() if reply.interrupted else reply.llm_text.strip()
+        cut_short = reply.interrupted or reply.tts_failed  # the caller heard only part of the reply
+        heard = reply.heard.text() if cut_short else reply.llm_text.strip()
         metrics.agent_text = heard
         if reply.transcript is not None and not reply.transcript.is_empty:
             self.history.append(ChatMessage("user", reply.transcript.text))
-            self.history.append(ChatMessage("assistant", heard, interrupted=reply.interrupted))
-            self._emit("agent_text", {"text": heard, "interrupted": reply.interrupted})
+            self.history.append(ChatMessage("assistant", heard, interrupted=cut_short))
+            self._emit("agent_text", {"text": heard, "interrupted": cut_short})
         self.metrics.record(metrics)
         self._emit("turn", {"metrics": metrics})
         if self._reply is reply:

@@ -1,4 +1,5 @@
-"""A dead, hanging or failing LLM, and a caller who hangs up mid-reply, never kill the session."""
+"""A dead, hanging or failing LLM, a TTS engine that dies mid-reply, and a caller who hangs up
+mid-reply never kill the session."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from agent_runtime.demo.caller import SimulatedCaller
 from agent_runtime.demo.run import CallerLine, run_call
 from agent_runtime.llm.openai_compat import OpenAICompatBackend
 from agent_runtime.transport.loopback import LoopbackTransport
+from agent_runtime.tts.base import UtteranceSynth
+from agent_runtime.tts.stream import ChunkedSynthesizer
 from agent_runtime.turn.session import Engines, Session
 from tests.turn.conftest import fast_config
 
@@ -95,6 +98,64 @@ def test_backend_raising_mid_stream_keeps_session_up(real_engines, say) -> None:
     result = asyncio.run(run_call(fast_config(), _engines_with_llm(real_engines, _ExplodingLLM()), _two_turns(say)))
     assert len(result.metrics.turns) == 2
     assert all("plugin bug" in (t.llm_error or "") for t in result.metrics.turns)
+
+
+class _DyingUtterance(UtteranceSynth):
+    """The real engine speaks a reply's first segment; then the engine dies."""
+
+    def __init__(self, inner: UtteranceSynth) -> None:
+        self.inner = inner
+        self.segments = 0
+
+    def synthesize(self, text: str):  # type: ignore[override]
+        self.segments += 1
+        if self.segments > 1:
+            raise RuntimeError("TTS worker died")
+        yield from self.inner.synthesize(text)
+
+    def cancel(self) -> None:
+        self.inner.cancel()
+
+
+class _DyingTTS(ChunkedSynthesizer):
+    def __init__(self, real: ChunkedSynthesizer) -> None:
+        self.real = real
+        self.sample_rate = real.sample_rate
+        self.chunker_config = real.chunker_config
+
+    def open_utterance(self) -> UtteranceSynth:
+        return _DyingUtterance(self.real.open_utterance())
+
+
+def test_tts_dying_mid_reply_keeps_the_session_and_only_the_heard_words(real_engines, say) -> None:
+    engines = Engines(real_engines.recognizer, real_engines.llm, _DyingTTS(real_engines.synthesizer))
+    config = fast_config(llm={"max_tokens": 60, "system_prompt": "Answer in three full sentences, with commas."})
+
+    async def main() -> Session:
+        transport = LoopbackTransport()
+        session = Session(config, engines, transport)
+        caller = SimulatedCaller(transport)
+        await caller.start()
+        task = asyncio.create_task(session.run())
+        for text in ("Tell me about your return policy.", "And do you deliver on weekends?"):
+            _, end = await caller.say(say(text))
+            assert await caller.wait_for_agent_audio(end, 20.0) is not None  # the first segment is heard
+            for _ in range(200):  # until the turn is filed (its TTS died after the first segment)
+                if len(session.metrics.turns) == (1 if "return" in text else 2):
+                    break
+                await asyncio.sleep(0.05)
+        await caller.stop()
+        await asyncio.wait_for(task, 5.0)
+        return session
+
+    session = asyncio.run(main())
+    assert len(session.metrics.turns) == 2  # the session kept answering
+    for turn, answer in zip(session.metrics.turns, session.history[1::2], strict=True):
+        assert turn.tts_error == "TTS worker died" and turn.llm_error is None
+        assert not turn.interrupted  # no barge-in
+        assert answer.interrupted  # the history marks the reply as cut short...
+        assert answer.content and turn.agent_text == answer.content  # ...and keeps only the words played
+        assert answer.content[-1] in ".!?,;:"  # the first segment, played to its end, and nothing after
 
 
 async def _call_and_hang_up(config, engines: Engines, speech: np.ndarray) -> Session:
