@@ -364,8 +364,11 @@ def test_compile_refused_on_cpu() -> None:
     from agent_runtime.errors import ConfigError
 
     cfg = make_config()
+    model, tok = make_model(cfg, torch.float32), _SyntheticTokenizer(cfg.semantic_begin_id, 32)
     with pytest.raises(ConfigError, match="CUDA"):
-        S2ProEngine(make_model(cfg, torch.float32), _SyntheticTokenizer(cfg.semantic_begin_id, 32), compile_fast=True)
+        S2ProEngine(model, tok, compile_fast=True)
+    with pytest.raises(ConfigError, match="CUDA"):
+        S2ProEngine(model, tok, compile_slow=True)
 
 
 def test_add_text_normalises_speaker_turns_like_generate_long() -> None:

@@ -40,9 +40,12 @@ def test_cuda_engine_prefix_cache_and_continuation(dtype: torch.dtype) -> None:
 def test_cuda_compiled_fast_step_runs() -> None:
     cfg = make_config()
     model = make_model(cfg, torch.bfloat16).to("cuda")
-    engine = S2ProEngine(model, _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size), compile_fast=True)
-    codes = engine.open_stream(params=PARAMS, seed=0, max_frames=6).generate(TEXT)
+    tok = _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
+    engine = S2ProEngine(model, tok, compile_fast=True, compile_slow=True, attention="sdpa")
+    stream = engine.open_stream(params=PARAMS, seed=0, max_frames=6)
+    codes = stream.generate(TEXT)
     assert codes.shape[0] == cfg.num_codebooks
+    assert stream.generate("<|speaker:0|>More.").shape[0] == cfg.num_codebooks  # longer context, same graphs
 
 
 def test_cuda_flash_attention_matches_sdpa() -> None:

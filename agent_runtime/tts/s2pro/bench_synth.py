@@ -106,8 +106,17 @@ class Bench:
         self.replies = [Reply.of(n, REPLIES[n]) for n in names]
         started = time.perf_counter()
         ns = SimpleNamespace(**vars(args), max_seq_len=32_768)
-        model = _random_model(ns, torch.float32)
-        self.engine = S2ProEngine(model, _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size))
+        from agent_runtime.tts.s2pro.cli_generate import _torch_dtype
+
+        self.dtype = _torch_dtype(getattr(args, "dtype", "fp32"))
+        model = _random_model(ns, self.dtype)
+        tokenizer = _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)
+        self.engine = S2ProEngine(
+            model,
+            tokenizer,
+            compile_fast=getattr(args, "compile", False),
+            compile_slow=getattr(args, "compile_slow", False),
+        )
         self.codec_cfg = codec_config(args.codec)
         self.codec = random_decode_codec(self.codec_cfg, args.device, torch.float32, seed=args.seed)
         rng = np.random.default_rng(args.seed)
@@ -128,7 +137,8 @@ class Bench:
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
         return (
             f"random Dual-AR: {self.n_params / 1e6:.1f}M params (dim {a.dim}, {a.slow_layers} slow + {a.fast_layers} "
-            f"fast layers, vocab {a.vocab}, {a.codebooks}x{a.codebook_size} codebooks), fp32 on {a.device}, "
+            f"fast layers, vocab {a.vocab}, {a.codebooks}x{a.codebook_size} codebooks), "
+            f"{str(self.dtype).removeprefix('torch.')} on {a.device}, "
             f"{torch.get_num_threads()} torch thread(s)\n"
             f"random codec: {self.codec_cfg.name or a.codec} ({self.codec_params / 1e6:.1f}M decode params, "
             f"{self.codec.frame_length} samples/frame at {self.codec.sample_rate} Hz)\n"

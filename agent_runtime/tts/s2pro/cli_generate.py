@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--dim", type=int, default=512, help="model dim (slow and fast)")
     bench.add_argument("--heads", type=int, default=8, help="attention heads")
     bench.add_argument("--kv-heads", type=int, default=2, help="key/value heads (GQA)")
+    bench.add_argument("--head-dim", type=int, default=None, help="per-head dim (default: dim / heads; S2-Pro: 128)")
     bench.add_argument("--intermediate", type=int, default=1536, help="SwiGLU hidden size")
     bench.add_argument("--slow-layers", type=int, default=8, help="slow-AR layers")
     bench.add_argument("--fast-layers", type=int, default=4, help="fast-AR layers")
@@ -87,6 +88,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--streams", type=int, default=1, help="> 1: also run this many concurrent streams, batched decode off and on"
     )
     bench.add_argument("--max-batch", type=int, default=16, help="streams per batched forward (with --streams)")
+    bench.add_argument(
+        "--compile", action="store_true", help="CUDA only: the fast-AR step as compiled CUDA graphs (compile_fast)"
+    )
+    bench.add_argument(
+        "--compile-slow", action="store_true",
+        help="CUDA only, experimental: also compile the slow-AR decode step (compile_slow; recompiles at new lengths)",
+    )  # fmt: skip
     _add_attention_flag(bench)
     bench.set_defaults(func=_bench)
 
@@ -153,7 +161,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 S2PRO_SHAPES = {
-    "dim": 2560, "heads": 32, "kv_heads": 8, "intermediate": 9728, "slow_layers": 36, "fast_layers": 4,
+    "dim": 2560, "heads": 32, "kv_heads": 8, "head_dim": 128, "intermediate": 9728, "slow_layers": 36, "fast_layers": 4,
     "vocab": 155_776, "codebooks": 10, "codebook_size": 4096, "max_seq_len": 32_768,
 }  # fmt: skip
 
@@ -207,7 +215,7 @@ def _random_model(args: argparse.Namespace, dtype: Any) -> Any:
 
     from agent_runtime.tts.s2pro.model import DualARConfig, DualARTransformer, TransformerConfig
 
-    head_dim = args.dim // args.heads
+    head_dim = getattr(args, "head_dim", None) or args.dim // args.heads
     layer = {
         "dim": args.dim,
         "n_head": args.heads,
@@ -262,7 +270,9 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
     model = _random_model(args, dtype)
     n_params = sum(p.numel() for p in model.parameters())
     tok = _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)
-    engine = S2ProEngine(model, tok, attention=args.attention)
+    engine = S2ProEngine(
+        model, tok, attention=args.attention, compile_fast=args.compile, compile_slow=args.compile_slow
+    )
     rng = np.random.default_rng(args.seed)
     ref_codes = rng.integers(0, 1024, size=(args.codebooks, args.prefix_frames), dtype=np.int64)
     ref_codes[0] = rng.integers(0, args.codebook_size, size=args.prefix_frames)
@@ -274,6 +284,8 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
         f"vocab {args.vocab}, {args.codebooks}x{args.codebook_size} codebooks, max_seq_len {args.max_seq_len}, "
         f"{str(dtype).removeprefix('torch.')} on {args.device}, {torch.get_num_threads()} threads, "
         f"slow-AR attention {engine.attention}"
+        + (", fast-AR step compiled (CUDA graphs)" if args.compile else "")
+        + (", slow-AR decode compiled" if args.compile_slow else "")
     )
 
     def clock() -> tuple[float, float]:
@@ -334,7 +346,8 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
             head = cpu(lambda: engine._slow_token(normed, None, stream.sampler, stream.generator, stream.stats))
             fast = cpu(
                 lambda: _fast_codes(
-                    model, fast_in, tok.semantic_begin_id, stream.fast_caches, stream._fast_sample, engine._fast_stepper
+                    model, fast_in, tok.semantic_begin_id, engine._shared_fast_caches or stream.fast_caches,
+                    stream._fast_sample, engine._fast_stepper,
                 )
             )
         it.close()

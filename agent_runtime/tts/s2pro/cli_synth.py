@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=int, default=512, help="Dual-AR model dim (slow and fast)")
     p.add_argument("--heads", type=int, default=8, help="attention heads")
     p.add_argument("--kv-heads", type=int, default=2, help="key/value heads")
+    p.add_argument("--head-dim", type=int, default=None, help="per-head dim (default: dim / heads; S2-Pro: 128)")
     p.add_argument("--intermediate", type=int, default=1536, help="SwiGLU hidden size")
     p.add_argument("--slow-layers", type=int, default=4, help="slow-AR layers")
     p.add_argument("--fast-layers", type=int, default=2, help="fast-AR layers")
@@ -56,6 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames-per-char", type=float, default=1.4,
                    help="speech length the baseline generates per character of its sentence (real speech ~1.4)")
     p.add_argument("--device", default="cpu", help="torch device (cuda needs a GPU)")
+    p.add_argument("--compile", action="store_true", help="CUDA only: the fast-AR step as compiled CUDA graphs")
+    p.add_argument("--compile-slow", action="store_true",
+                   help="CUDA only, experimental: also compile the slow-AR decode step (recompiles at new lengths)")  # fmt: skip
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="Dual-AR precision (the codec stays fp32, as in the reference)")  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0, help="weights and sampling seed")
     p.set_defaults(func=_bench)

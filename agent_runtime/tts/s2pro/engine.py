@@ -346,14 +346,17 @@ class S2ProEngine:
         *,
         prefix_cache_size: int = 16,
         compile_fast: bool = False,
+        compile_slow: bool = False,
         attention: str = "auto",
         flash_kernel: FlashKernel = DEFAULT_KERNEL,
         batch_decode: str = "auto",
         max_batch: int = 16,
     ) -> None:
-        """`compile_fast` (CUDA only) runs the per-frame fast-AR step through torch.compile; it is
-        numerically equivalent, not bit-identical, so CPU (the exact path) refuses it (batched
-        steps run the eager fast AR).
+        """`compile_fast` (CUDA only) runs the fast AR's per-frame positions as compiled CUDA graphs;
+        `compile_slow` (CUDA, SDPA attention; experimental) compiles the slow AR's one-frame decode
+        with dynamic shapes, which recompiles (seconds) the first time a new context-length class
+        is seen. Both are numerically equivalent, not bit-identical, so CPU (the exact path) refuses
+        them; batched steps run eagerly.
 
         `batch_decode`: "on" runs the decode steps of concurrent streams (one round of the model
         thread) as batched forwards of up to `max_batch` streams, "off" one after another, "auto"
@@ -392,10 +395,20 @@ class S2ProEngine:
         use_flash = select_flash(attention, flash_kernel, model.device, model.dtype, cfg.slow)
         self._flash = flash_kernel if use_flash else None
         self.attention = "flash" if use_flash else "sdpa"
+        # With compile_fast the one-stream fast AR runs on this engine-owned cache (every frame
+        # rewrites it before reading it, and a frame's fast AR runs in one go on the model thread),
+        # so its tensors keep their addresses and the compiled steps can replay as CUDA graphs.
+        self._shared_fast_caches: list[LayerKV] | None = None
+        self._forward_decode: Callable[..., tuple[Tensor, Tensor]] = model.forward_slow
         if compile_fast:
             if model.device.type != "cuda":
                 raise ConfigError("compile_fast needs a CUDA device (on CPU it would break bit-exactness)")
-            _compile_per_position(self._fast_stepper)
+            self._shared_fast_caches = model.new_fast_caches()
+            _compile_per_position(self._fast_stepper, self._shared_fast_caches)
+        if compile_slow:
+            if model.device.type != "cuda" or use_flash:
+                raise ConfigError("compile_slow needs a CUDA device and SDPA attention (attention: sdpa)")
+            self._forward_decode = torch.compile(model.forward_slow, dynamic=True)
 
     @classmethod
     def load(
@@ -517,7 +530,7 @@ class S2ProEngine:
         kv_len = self._decode_slots(cache, pos)
         n = self.cfg.num_codebooks + 1
         values = frame.view(1, n, 1).to(self.device)
-        return self.model.forward_slow(values, cache.layers, pos, kv_len, math_sdpa=self._math_sdpa)
+        return self._forward_decode(values, cache.layers, pos, kv_len, math_sdpa=self._math_sdpa)
 
     def _step_batch(self, segments: list[_Segment]) -> list[np.ndarray | None]:
         """One decode frame for each of B >= 2 live segments past their prefill, in one forward;
@@ -578,20 +591,36 @@ def _batching(mode: str, max_batch: int, device: torch.device) -> bool:
     return max_batch > 1 and (mode == "on" or (mode == "auto" and device.type == "cuda"))
 
 
-def _compile_per_position(stepper: FastARStepper) -> None:
-    """torch.compile the fast-AR step once per codebook position (no recompiles on `pos`)."""
+def _compile_per_position(stepper: FastARStepper, caches: list[LayerKV]) -> None:
+    """torch.compile the fast-AR step over `caches` once per codebook position (no recompiles on
+    `pos`), in "reduce-overhead" mode: each position replays as one CUDA graph. The caches are marked
+    as static addresses so that writing them inside the graph needs no copies. Calls with other
+    caches (none in the engine) run eagerly."""
     eager = stepper.step
+    for layer in caches:
+        torch._dynamo.mark_static_address(layer.k)
+        torch._dynamo.mark_static_address(layer.v)
+    # The positions' functions share one code object, so dynamo counts them as recompiles of it:
+    # allow one per position (the default limit, 8, would leave the last positions eager).
+    dynamo_config = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 2 * stepper.n_cb))
 
     def at(pos: int) -> Callable[..., Tensor | None]:
-        def run(x: Tensor, caches: list[LayerKV], want_logits: bool) -> Tensor | None:
+        def run(x: Tensor, want_logits: bool) -> Tensor | None:
             return eager(x, pos, caches, want_logits)
 
-        return torch.compile(run, dynamic=False)
+        return torch.compile(run, dynamic=False, mode="reduce-overhead")
 
     compiled = [at(p) for p in range(stepper.n_cb)]
 
-    def step(x: Tensor, pos: int, caches: list[LayerKV], want_logits: bool = True) -> Tensor | None:
-        return compiled[pos](x, caches, want_logits)
+    def step(x: Tensor, pos: int, step_caches: list[LayerKV], want_logits: bool = True) -> Tensor | None:
+        if step_caches is not caches:
+            return eager(x, pos, step_caches, want_logits)
+        out = compiled[pos](x, want_logits)
+        # the graph's output buffer is reused by its next replay: hand out a copy
+        return None if out is None else out.clone()
 
     stepper.step = step  # type: ignore[method-assign]
 
@@ -648,7 +677,8 @@ class _Segment:
                 normed, fast_in = eng._decode(s.cache, self.last_frame, self.decode_position)
                 previous = self.previous
             tok = eng._slow_token(normed, previous, s.sampler, s.generator, s.stats)
-            codes = _fast_codes(eng.model, fast_in, tok, s.fast_caches, s._fast_sample, eng._fast_stepper)
+            fast_caches = eng._shared_fast_caches or s.fast_caches
+            codes = _fast_codes(eng.model, fast_in, tok, fast_caches, s._fast_sample, eng._fast_stepper)
         return self._advance(tok, codes)
 
     def _advance(self, tok: int, codes: list[int]) -> np.ndarray | None:

@@ -104,6 +104,7 @@ def load_local(
     max_frames_per_segment: int | None = None,
     prefix_cache_size: int = 16,
     compile_fast: bool = False,
+    compile_slow: bool = False,
     attention: str = "auto",
     batch_decode: str = "auto",
     max_batch: int = 16,
@@ -117,8 +118,10 @@ def load_local(
     it is the faster and the bit-exact choice); `codec_dtype`: fp32 or bf16; sampling
     `temperature`/`top_p`/`top_k`; `seed` (None: random per reply); `first_chunk_frames` /
     `chunk_frames`: codec chunk sizes; `max_frames_per_segment` (None: from the text length,
-    0: no cap); `prefix_cache_size`: voice prefixes kept prefilled; `compile_fast`: torch.compile
-    the fast AR (CUDA only); `attention`: slow-AR attention, auto (flash-attn's KV-cache kernel
+    0: no cap); `prefix_cache_size`: voice prefixes kept prefilled; `compile_fast`: the fast AR's
+    positions as compiled CUDA graphs (CUDA only; ~40 s of compiling at the first reply);
+    `compile_slow`: also compile the slow AR's decode step (CUDA, experimental: recompiles, seconds
+    each, the first time a new context-length class is seen); `attention`: slow-AR attention, auto (flash-attn's KV-cache kernel
     where it can run: CUDA, bf16/fp16, flash-attn installed; else sdpa), sdpa or flash;
     `batch_decode`: concurrent replies' decode steps as one batched forward of up to `max_batch`
     streams, auto (on for CUDA, off for CPU, where one stream at a time is bit-exact), on or off.
@@ -145,7 +148,7 @@ def load_local(
     started = time.perf_counter()
     engine = S2ProEngine.load(
         checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]),
-        prefix_cache_size=prefix_cache_size, compile_fast=compile_fast, attention=attention,
+        prefix_cache_size=prefix_cache_size, compile_fast=compile_fast, compile_slow=compile_slow, attention=attention,
         batch_decode=batch_decode, max_batch=int(max_batch),
     )  # fmt: skip
     try:
