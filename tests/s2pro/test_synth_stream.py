@@ -135,6 +135,10 @@ def test_options_and_voices(s2pro_fixtures: Path, tmp_path: Path) -> None:
         create_synthesizer("s2pro", {"codec": base["codec"]})
     with pytest.raises(ConfigError, match="unknown backend"):
         create_synthesizer("s2pro", {**base, "backend": "sglang"})
+    with pytest.raises(ConfigError, match="compile_fast must be auto, true or false"):
+        create_synthesizer("s2pro", {**base, "compile_fast": "yes"})
+    with pytest.raises(ConfigError, match="compile_fast needs a CUDA device"):
+        create_synthesizer("s2pro", {**base, "compile_fast": True})  # auto (the default) is off on CPU
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="CUDA is not available"):
             create_synthesizer("s2pro", {**base, "device": "cuda"})

@@ -103,7 +103,7 @@ def load_local(
     chunk_frames: int = 8,
     max_frames_per_segment: int | None = None,
     prefix_cache_size: int = 16,
-    compile_fast: bool = False,
+    compile_fast: bool | str = "auto",
     compile_slow: bool = False,
     attention: str = "auto",
     batch_decode: str = "auto",
@@ -119,7 +119,8 @@ def load_local(
     `temperature`/`top_p`/`top_k`; `seed` (None: random per reply); `first_chunk_frames` /
     `chunk_frames`: codec chunk sizes; `max_frames_per_segment` (None: from the text length,
     0: no cap); `prefix_cache_size`: voice prefixes kept prefilled; `compile_fast`: the fast AR's
-    positions as compiled CUDA graphs (CUDA only; ~40 s of compiling at the first reply);
+    positions as compiled CUDA graphs, auto = on for CUDA (eager decode is slower than real time
+    there; the ~40 s of compiling happen in `warmup`), true (CUDA only) or false;
     `compile_slow`: also compile the slow AR's decode step (CUDA, experimental: recompiles, seconds
     each, the first time a new context-length class is seen); `attention`: slow-AR attention, auto (flash-attn's KV-cache kernel
     where it can run: CUDA, bf16/fp16, flash-attn installed; else sdpa), sdpa or flash;
@@ -137,6 +138,12 @@ def load_local(
         raise ConfigError(f"s2pro: device {device!r} but CUDA is not available (use device: cpu)")
     if dtype == "auto":
         dtype = "bf16" if device.startswith("cuda") else "fp32"
+    if compile_fast not in ("auto", True, False):
+        raise ConfigError(f"s2pro: compile_fast must be auto, true or false; got {compile_fast!r}")
+    if compile_fast == "auto":
+        compile_fast = device.startswith("cuda")
+        if compile_fast:
+            log.info("s2pro: the fast AR runs as CUDA graphs; the warm-up compiles them (about 40 s)")
     if dtype not in DTYPE_NAMES:
         raise ConfigError(f"s2pro: dtype must be auto, {', '.join(DTYPE_NAMES)}; got {dtype!r}")
     try:
