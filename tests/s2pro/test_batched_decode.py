@@ -29,8 +29,7 @@ from agent_runtime.tts.s2pro.model import DualARTransformer
 from agent_runtime.tts.s2pro.synthesizer import S2ProSynthesizer, load_local
 from tests.s2pro.synth_support import audio_of, speak
 
-# _one_thread: the autouse fixture (one torch thread) applies here too
-from .test_dual_ar_engine import PARAMS, TEXT, _one_thread, make_config, make_model, random_voice  # noqa: F401
+from .test_dual_ar_engine import PARAMS, TEXT, make_config, make_model, random_voice
 from .test_flash_decode import CPU_KERNEL, random_frames
 
 

@@ -12,14 +12,6 @@ from agent_runtime.errors import ModelLoadError
 from agent_runtime.tts.s2pro.codec_loader import load_codec, read_checkpoint
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def raw(s2pro_fixtures: Path) -> dict[str, torch.Tensor]:
     return torch.load(s2pro_fixtures / "codec_tiny.pth", map_location="cpu", weights_only=True)

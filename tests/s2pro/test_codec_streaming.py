@@ -14,15 +14,6 @@ from agent_runtime.tts.s2pro.codec_loader import load_codec
 from agent_runtime.tts.s2pro.streaming import CodecStreamDecoder, stream_decode
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: deterministic, and not slowed down by busy shared cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny(s2pro_fixtures: Path) -> S2ProCodec:
     return load_codec(s2pro_fixtures / "codec_tiny.pth", s2pro_fixtures / "codec_tiny.json")

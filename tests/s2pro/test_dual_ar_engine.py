@@ -21,14 +21,6 @@ from agent_runtime.tts.s2pro.prompt import PromptError, S2ProTokenizer, VoiceRef
 from agent_runtime.tts.s2pro.sampling import SamplingParams, aligned_window
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def make_config(
     vocab: int = 320,
     codebooks: int = 4,

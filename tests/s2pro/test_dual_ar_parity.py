@@ -20,14 +20,6 @@ from agent_runtime.tts.s2pro.sampling import SamplingParams
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def case(s2pro_fixtures: Path) -> dict:
     meta = json.loads((s2pro_fixtures / "tiny_expected_fp32.json").read_text())

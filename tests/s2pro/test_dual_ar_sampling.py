@@ -20,14 +20,6 @@ from agent_runtime.tts.s2pro.sampling import (
 from .test_dual_ar_engine import PARAMS, make_config, make_engine
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_parameter_tensors_use_model_dtype() -> None:
     st = SamplerTensors.create(SamplingParams(0.8, 0.9, 30), torch.bfloat16, torch.device("cpu"))
     assert st.temperature.item() == 0.80078125

@@ -6,17 +6,8 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from agent_runtime.cli import main
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _run(argv: list[str]) -> int:

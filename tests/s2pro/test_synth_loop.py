@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 
 from agent_runtime.bench.instant import InstantLLM, InstantRecognizer
 from agent_runtime.config import CallerTurn, load_config
@@ -24,14 +22,6 @@ LONG_REPLY = (
     "Our return policy is simple and fair. You can bring back anything within thirty days, with the receipt. "
     "We refund the full price to your card. Store credit is also possible if you prefer it."
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class ScriptedLLM(InstantLLM):

@@ -22,14 +22,6 @@ from tests.s2pro.synth_support import PARAMS, audio_of, make_synth, speak, tiny_
 TEXT = "Well, let me check that for you. Our store opens at 9:30 on weekdays and at ten on Saturdays. Bye!"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 async def test_continuation_equals_one_shot(s2pro_fixtures: Path) -> None:
     """Segments continue one stream (KV reused) and stream through the codec chunk by chunk; the
     result equals the reference's one-shot multi-turn generation of the same segments, decoded

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from agent_runtime.cli import main as cli_main
 from agent_runtime.errors import AudioFormatError
@@ -23,14 +22,6 @@ from agent_runtime.tts.s2pro.voices import (
 )
 
 SR = 16000  # the files are resampled to the codec's 44.1 kHz on reading
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

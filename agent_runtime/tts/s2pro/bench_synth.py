@@ -99,7 +99,7 @@ class Bench:
         from agent_runtime.tts.s2pro.codec_bench import random_decode_codec
 
         self.args = args
-        names = [n.strip() for n in getattr(args, "replies", "opener,plain").split(",") if n.strip()]
+        names = [n.strip() for n in args.replies.split(",") if n.strip()]
         unknown = sorted(set(names) - set(REPLIES))
         if unknown or not names:
             raise ValueError(f"unknown --replies {unknown or names}; choose from {', '.join(REPLIES)}")
@@ -108,15 +108,10 @@ class Bench:
         ns = SimpleNamespace(**vars(args), max_seq_len=32_768)
         from agent_runtime.tts.s2pro.cli_generate import _torch_dtype
 
-        self.dtype = _torch_dtype(getattr(args, "dtype", "fp32"))
+        self.dtype = _torch_dtype(args.dtype)
         model = _random_model(ns, self.dtype)
         tokenizer = _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)
-        self.engine = S2ProEngine(
-            model,
-            tokenizer,
-            compile_fast=getattr(args, "compile", False),
-            compile_slow=getattr(args, "compile_slow", False),
-        )
+        self.engine = S2ProEngine(model, tokenizer, compile_fast=args.compile, compile_slow=args.compile_slow)
         self.codec_cfg = codec_config(args.codec)
         self.codec = random_decode_codec(self.codec_cfg, args.device, torch.float32, seed=args.seed)
         rng = np.random.default_rng(args.seed)

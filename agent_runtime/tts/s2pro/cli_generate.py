@@ -215,7 +215,7 @@ def _random_model(args: argparse.Namespace, dtype: Any) -> Any:
 
     from agent_runtime.tts.s2pro.model import DualARConfig, DualARTransformer, TransformerConfig
 
-    head_dim = getattr(args, "head_dim", None) or args.dim // args.heads
+    head_dim = args.head_dim or args.dim // args.heads
     layer = {
         "dim": args.dim,
         "n_head": args.heads,
