@@ -74,6 +74,19 @@ class LLMConfig(_Strict):
     max_tokens: int = Field(80, ge=1, description="longest reply in tokens")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="sampling temperature (0 = greedy)")
     first_token_timeout_s: float = Field(8.0, gt=0, description="no first token by then -> fallback line")
+    inter_token_timeout_s: float = Field(
+        4.0, gt=0,
+        description="after the first token, a gap this long between two deltas is a stall: the caller hears "
+        "what was said, then `stall_line`",
+    )
+    stall_line: str = Field(
+        "Sorry, I lost my train of thought there.",
+        description="spoken after the words already said when the LLM stalls mid-reply",
+    )
+    max_reply_chars: int = Field(
+        1500, ge=20,
+        description="longest reply text spoken per turn; the LLM stream is closed there, cut at a word boundary",
+    )
     fallback_line: str = Field(
         "Sorry, I'm having trouble answering right now. Could you say that again?",
         description="spoken when the LLM fails, times out or returns nothing",
@@ -85,6 +98,11 @@ class TTSConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="passed to the engine's from_options")
     first_segment: Literal["clause", "sentence"] = Field(
         "clause", description="speak the first clause as soon as it is written, or wait for a sentence"
+    )
+    max_segment_chars: int = Field(
+        250, ge=20,
+        description="longest text segment handed to the engine; longer text without punctuation is cut at "
+        "the last word boundary (never inside an inline tag), so memory per call stays bounded",
     )
 
 
@@ -121,6 +139,14 @@ class IceServerConfig(_Strict):
 
 
 class ServerConfig(_Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted `auth: on` / `off` as a boolean: take it as meant."""
+        if isinstance(data, dict) and isinstance(data.get("auth"), bool):
+            data = {**data, "auth": "on" if data["auth"] else "off"}
+        return data
+
     host: str = Field("127.0.0.1", description="address `agent-runtime serve` binds to")
     port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server (0 = any free port)")
     auth: Literal["auto", "on", "off"] = Field(
@@ -143,8 +169,34 @@ class ServerConfig(_Strict):
         description="inbound audio packets held before decoding (0 = pass-through; aiortc's default holds 4 = 80 ms)",
     )
     media_timeout_s: float = Field(
-        10.0, gt=0, description="hang up a WebRTC call when no caller audio arrived for this long (peer vanished)"
+        10.0, gt=0,
+        description="hang up a call (WebRTC or Twilio) when no caller audio arrived for this long, "
+        "including a peer that connected and never sent any",
     )
+    setup_timeout_s: float = Field(
+        10.0, gt=0,
+        description="a call slot whose call has not started by then is freed: a WebRTC answer whose peer "
+        "never connected, a phone WebSocket that sent no valid 'start'",
+    )
+    max_pending_per_client: int = Field(
+        4, ge=1,
+        description="offers and phone WebSockets one client address may have that have not started a call yet",
+    )
+    max_calls_per_client: int = Field(
+        0, ge=0, description="calls in progress one client address may hold (0 = only max_sessions limits)"
+    )
+    keepalive_s: float = Field(
+        15.0, ge=0, description="WebSocket ping interval on the phone socket; a peer that misses a pong is hung up (0 = off)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send its complete request headers within this (slowloris)"
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted besides the bind address (a loopback bind accepts only "
+        "localhost, 127.0.0.1 and [::1] otherwise: DNS rebinding)",
+    )
+    max_json_depth: int = Field(32, ge=2, description="deepest nesting accepted in a JSON request or message")
     shutdown_grace_s: float = Field(10.0, ge=0, description="on shutdown, calls in progress get this long to finish")
 
 
