@@ -3,8 +3,8 @@
 A `Synthesizer` is a loaded engine shared by many sessions. Each reply opens a `SynthesisStream`:
 the turn manager pushes the LLM's text deltas as they come (`push_text`), calls `flush()` when the
 LLM is done, iterates `TTSChunk`s, and calls `cancel()` on barge-in. The stream cuts text into
-segments with a `TextChunker` (first segment as soon as a clause is speakable) and synthesises them
-in order off the event loop.
+segments with a `TextChunker` (first segment as soon as a clause is speakable, none longer than its
+`max_chars` cap) and synthesises them in order off the event loop.
 
 Engines usually only implement `Synthesizer.open_utterance()`, returning an `UtteranceSynth` whose
 blocking `synthesize(segment)` yields audio for one segment; `StreamingSynthesisStream` provides the
@@ -95,8 +95,12 @@ class Synthesizer(ABC):
     sample_rate: int
 
     @abstractmethod
-    def open_stream(self, chunking: ChunkerConfig | None = None) -> SynthesisStream:
-        """Start a new reply; `chunking` overrides the engine's default text segmentation."""
+    def open_stream(
+        self, chunking: ChunkerConfig | None = None, *, max_segment_chars: int | None = None
+    ) -> SynthesisStream:
+        """Start a new reply; `chunking` overrides the engine's default text segmentation, and
+        `max_segment_chars` (`tts.max_segment_chars`) lowers its segment cap (`ChunkerConfig.max_chars`):
+        no segment handed to the engine is longer than the smaller of the two."""
 
     def warmup(self) -> None:  # noqa: B027 - optional hook
         """Run the engine once so the first reply is not slowed by lazy initialisation."""

@@ -4,6 +4,11 @@ The chunker hands us one segment at a time (the first clause, then sentences); p
 with espeak-ng, splits it into sentences and runs one ONNX inference per sentence. Each sentence's
 audio is yielded as soon as it exists, and `cancel()` is honoured before every inference.
 
+One inference's memory grows with its sentence (about 1 MB per character of text without
+punctuation), so input longer than `max_input_chars` is first split at word boundaries
+(`split_text`) into pieces spoken one after the other, whoever calls (the chunker already caps
+segments; tools and `synthesize_text` may not).
+
 Sharing: one loaded voice serves every session. onnxruntime allows concurrent `Run` calls on one
 `InferenceSession`, and piper guards its global espeak phonemizer with a lock, so segments of
 different sessions synthesise in parallel without a lock of ours.
@@ -27,7 +32,7 @@ import numpy as np
 
 from agent_runtime.errors import ConfigError, ModelLoadError
 from agent_runtime.tts.base import UtteranceSynth
-from agent_runtime.tts.chunker import ChunkerConfig
+from agent_runtime.tts.chunker import ChunkerConfig, split_text
 from agent_runtime.tts.stream import ChunkedSynthesizer
 
 __all__ = ["PiperSynthesizer", "clean_text_for_piper", "resolve_piper_voice"]
@@ -47,6 +52,8 @@ _MARKUP = re.compile(r"[*_#`~|<>]+")
 # espeak-ng reads "Dr." as "Doctor." and ends the sentence there; spell titles out.
 _TITLES = {"dr": "Doctor", "mr": "Mister", "mrs": "Missus", "ms": "Miz", "prof": "Professor"}
 _TITLE = re.compile(r"\b(Dr|Mr|Mrs|Ms|Prof)\.(?=\s)", re.IGNORECASE)
+_PHONEMES = re.compile(r"\[\[[^\[\]]*\]\]")  # piper's inline "[[ phonemes ]]", kept whole when splitting
+DEFAULT_MAX_INPUT_CHARS = 300
 
 
 class PiperSynthesizer(ChunkedSynthesizer):
@@ -69,6 +76,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         threads: int = 0,
         use_cuda: bool = False,
         chunker_config: ChunkerConfig | dict[str, Any] | None = None,
+        max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
     ) -> None:
         """Load a voice (blocking, about 1 s).
 
@@ -77,6 +85,8 @@ class PiperSynthesizer(ChunkedSynthesizer):
         `length_scale` (<1 faster) are alternatives. `noise_scale`/`noise_w_scale` (0 makes output
         deterministic) default to the voice's config. `threads` caps onnxruntime intra-op threads
         (0: onnxruntime's default). `chunker_config` (a ChunkerConfig or its fields) tunes segmenting.
+        `max_input_chars`: longer text (after markup removal) is spoken as pieces of at most this
+        many characters, cut at word boundaries (bounds the memory of one inference).
         """
         if speed is not None and length_scale is not None:
             raise ConfigError("piper: give either speed or length_scale, not both")
@@ -84,6 +94,9 @@ class PiperSynthesizer(ChunkedSynthesizer):
             if speed <= 0:
                 raise ConfigError(f"piper: speed must be positive, got {speed}")
             length_scale = 1.0 / speed
+        if not isinstance(max_input_chars, int) or max_input_chars < 20:
+            raise ConfigError(f"piper: max_input_chars must be an integer >= 20, got {max_input_chars!r}")
+        self.max_input_chars = max_input_chars
         self.model_path, self.config_path = resolve_piper_voice(voice, config_path)
         started = time.perf_counter()
         self.voice = _load_voice(self.model_path, self.config_path, threads=threads, use_cuda=use_cuda)
@@ -102,7 +115,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         if isinstance(chunker_config, dict):
             try:
                 chunker_config = ChunkerConfig(**chunker_config)
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:
                 raise ConfigError(f"piper: chunker_config: {exc}") from None
         if chunker_config is not None:
             self.chunker_config = chunker_config
@@ -153,13 +166,14 @@ class PiperUtterance(UtteranceSynth):
         if not text or self._cancelled.is_set():
             return
         voice, cfg = self._engine.voice, self._engine.syn_config
-        for phonemes in voice.phonemize(text):
-            if self._cancelled.is_set():
-                return
-            if not phonemes:
-                continue
-            audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), cfg)
-            yield _finish(np.asarray(audio, dtype=np.float32), cfg.normalize_audio, cfg.volume)
+        for piece in split_text(text, self._engine.max_input_chars, _PHONEMES, ("[[",)):
+            for phonemes in voice.phonemize(piece):
+                if self._cancelled.is_set():
+                    return
+                if not phonemes:
+                    continue
+                audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), cfg)
+                yield _finish(np.asarray(audio, dtype=np.float32), cfg.normalize_audio, cfg.volume)
 
     def cancel(self) -> None:
         self._cancelled.set()

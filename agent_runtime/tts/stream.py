@@ -15,6 +15,7 @@ import threading
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import numpy as np
 
@@ -29,13 +30,24 @@ class ChunkedSynthesizer(Synthesizer):
     """Base class for engines that synthesise segment by segment."""
 
     chunker_config: ChunkerConfig = ChunkerConfig()
+    chunker_class: type[TextChunker] = TextChunker
 
     @abstractmethod
     def open_utterance(self) -> UtteranceSynth:
         """Per-reply engine state (called on the event loop; must be cheap)."""
 
-    def open_stream(self, chunking: ChunkerConfig | None = None) -> SynthesisStream:
-        return StreamingSynthesisStream(self, TextChunker(chunking or self.chunker_config))
+    def open_stream(
+        self, chunking: ChunkerConfig | None = None, *, max_segment_chars: int | None = None
+    ) -> SynthesisStream:
+        return StreamingSynthesisStream(self, self.chunker(chunking, max_segment_chars))
+
+    def chunker(self, chunking: ChunkerConfig | None = None, max_segment_chars: int | None = None) -> TextChunker:
+        """The engine's chunker for one reply: `chunking` (default the engine's config), its
+        `max_chars` lowered to `max_segment_chars` when that is smaller."""
+        config = chunking or self.chunker_config
+        if max_segment_chars is not None and max_segment_chars < config.max_chars:
+            config = replace(config, max_chars=max_segment_chars)
+        return self.chunker_class(config)
 
 
 class StreamingSynthesisStream(SynthesisStream):

@@ -15,9 +15,10 @@ punctuation for scripts without spaces. S2-Pro adds:
   segment continues the same utterance, so the pause after an opener costs no prosody, and the
   first audio no longer waits for the LLM to write a three-word clause;
 * later segments are larger by default (each is one user turn of the conversation: longer turns
-  give the model more prosodic context and cost fewer turn headers), capped at `max_chars`
-  (the reference's generate_long batches are <= 300 UTF-8 bytes): past the cap the text is cut at
-  the last space outside tags, or anywhere outside a tag for text without spaces.
+  give the model more prosodic context and cost fewer turn headers), capped at `max_chars` = 300
+  by default (the reference's generate_long batches are <= 300 UTF-8 bytes). The cap is the
+  generic chunker's (`cap_cut`: clause mark, else last space, else anywhere for text without
+  spaces), with speaker tags `<|...|>` protected like inline tags.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ _TAGS = re.compile(r"\[[^\[\]]*\]|<\|[^|<>]*\|>")  # complete inline or special 
 
 @dataclass(frozen=True, slots=True)
 class S2ProChunkerConfig(ChunkerConfig):
-    """`ChunkerConfig` with S2-Pro's defaults (a larger later segment) and a hard size cap."""
+    """`ChunkerConfig` with S2-Pro's defaults (larger later segments, a 300-character cap)."""
 
     first_min_words: int = 3
     first_min_chars: int = 8
@@ -42,7 +43,6 @@ class S2ProChunkerConfig(ChunkerConfig):
     later_max_chars: int = 200
     first_opener_break: bool = True
     max_chars: int = 300
-    """A segment longer than this is cut at the last space (outside tags) even without punctuation."""
 
 
 DEFAULT_CHUNKING = S2ProChunkerConfig()
@@ -51,12 +51,14 @@ DEFAULT_CHUNKING = S2ProChunkerConfig()
 class S2ProTextChunker(TextChunker):
     """`TextChunker` that respects speaker tags and caps segment length (see the module doc)."""
 
+    tag_pattern = _TAGS
+    tag_openers = ("[", "<|")
+
     def __init__(self, config: ChunkerConfig | None = None) -> None:
         super().__init__(config or DEFAULT_CHUNKING)
-        self.max_chars = int(getattr(self.config, "max_chars", DEFAULT_CHUNKING.max_chars))
 
     def _find_cut(self, final: bool) -> int | None:
-        cuts = [c for c in (self._speaker_cut(), self._punctuation_cut(final), self._cap_cut()) if c is not None]
+        cuts = [c for c in (self._speaker_cut(), self._punctuation_cut(final)) if c is not None]
         return min(cuts) if cuts else None
 
     def _punctuation_cut(self, final: bool) -> int | None:
@@ -81,26 +83,3 @@ class S2ProTextChunker(TextChunker):
             if m.start() > 0 and _speakable(SPEAKER_TAG.sub(" ", self._buf[: m.start()])):
                 return m.start()
         return None
-
-    def _cap_cut(self) -> int | None:
-        """Cut an over-long run without punctuation at its last space (or character) outside tags."""
-        if len(self._buf) <= self.max_chars:
-            return None
-        limit = self.max_chars
-        protected = [(m.start(), m.end()) for m in _TAGS.finditer(self._buf)]
-        blanked = _TAGS.sub(lambda m: " " * len(m.group(0)), self._buf)
-        opener = max(blanked.rfind("["), blanked.rfind("<|"))
-        if opener >= 0:  # a tag still being written: nothing inside it is a cut point
-            protected.append((opener, len(self._buf) + 1))
-
-        def inside(i: int) -> bool:
-            return any(s < i < e for s, e in protected)
-
-        for i in range(limit, 0, -1):
-            if self._buf[i - 1].isspace() and not inside(i):
-                return i
-        for i in range(limit, 0, -1):  # no space at all (CJK): any character boundary outside tags
-            if not inside(i) and _speakable(self._buf[:i]):
-                return i
-        return None
-

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +138,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_codes(path: str | Path, num_codebooks: int) -> Any:
-    """Read an integer code matrix (num_codebooks, frames) from .npy, with clear errors."""
+def load_codes(path: str | Path, num_codebooks: int, codebook_sizes: Sequence[int] | None = None) -> Any:
+    """Read an integer code matrix (num_codebooks, frames) from .npy, with clear errors.
+
+    With `codebook_sizes` (one per row), every code must lie in [0, size) of its row."""
     import numpy as np
 
     p = Path(path)
@@ -148,6 +151,9 @@ def load_codes(path: str | Path, num_codebooks: int) -> Any:
         codes = np.load(p, allow_pickle=False)
     except Exception as exc:
         raise AudioFormatError(f"{p}: not a readable .npy array ({exc})") from None
+    if not isinstance(codes, np.ndarray):  # an .npz archive
+        codes.close()
+        raise AudioFormatError(f"{p}: not a .npy array (an .npz archive?): save the codes with numpy.save")
     if codes.ndim == 3 and codes.shape[0] == 1:
         codes = codes[0]
     if codes.ndim != 2 or codes.shape[0] != num_codebooks or codes.shape[1] == 0:
@@ -156,7 +162,19 @@ def load_codes(path: str | Path, num_codebooks: int) -> Any:
         raise AudioFormatError(f"{p}: codes must be integers, got {codes.dtype}")
     if codes.min() < 0:
         raise AudioFormatError(f"{p}: codes must be non-negative")
+    for row, size in enumerate(codebook_sizes or ()):
+        hi = codes[row].max()
+        if hi >= size:  # compared before the cast: a huge uint64 must not wrap to a negative int64
+            raise AudioFormatError(
+                f"{p}: codes must lie in [0, {size}), got [{codes[row].min()}, {hi}] (codebook {row})"
+            )
     return codes.astype(np.int64)
+
+
+def codec_codebook_sizes(codec: Any) -> list[int]:
+    """The number of codes of each of the codec's codebooks (semantic first, then residual)."""
+    q = codec.config.quantizer
+    return [q.semantic_codebook_size] * q.n_semantic_codebooks + [q.residual_codebook_size] * q.n_residual_codebooks
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
@@ -172,7 +190,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
     if args.stream and (args.first_chunk_frames < 1 or args.chunk_frames < 1):
         raise ConfigError("--first-chunk-frames and --chunk-frames must be >= 1")
     codec = _load(args)
-    codes = load_codes(args.codes, codec.num_codebooks)
+    codes = load_codes(args.codes, codec.num_codebooks, codec_codebook_sizes(codec))
     if args.stream:
         chunks = stream_decode(codec, codes, args.first_chunk_frames, args.chunk_frames)
         audio = np.concatenate(chunks)

@@ -13,7 +13,10 @@
   (keyed by content hash) and its KV copied into every stream that uses the voice.
 * Continuation: `add_text` on the same stream appends the previous segment's codes as an
   assistant turn and the new user turn, exactly as the reference's generate_long does between
-  batches, prefilling only those new positions.
+  batches, prefilling only those new positions. A long reply's context is bounded: when the next
+  segment would take it past `max_context` positions (at most max_seq_len - 2048, the reference's
+  limit, where generate_long gives up), the context restarts from the voice prefix plus the last
+  segment (its text and codes, so the voice carries on), whose KV is prefilled again.
 * Outputs are bit-identical to the reference on CPU (see `naive_generate`, the faithful baseline):
   every shortcut taken here is one that provably or measurably keeps the bits.
 * Slow-AR attention: SDPA, or on CUDA flash-attn's KV-cache kernel when it is installed
@@ -445,17 +448,24 @@ class S2ProEngine:
         generator: torch.Generator | None = None,
         max_frames: int = 0,
         use_prefix_cache: bool = True,
+        max_context: int | None = None,
     ) -> S2ProStream:
         """A new conversation with `voice` (None = no reference).
 
         Randomness: `generator` if given, else a private generator seeded with `seed`, else torch's
         global generator (what the reference uses; seed it right before generating).
         `max_frames` is the reference's max_new_tokens per segment (0 = up to the context end).
+        `max_context`: positions the context may reach before it restarts from the voice prefix
+        (None or more than max_seq_len - 2048: that limit).
         """
         if generator is None and seed is not None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(seed)
-        return S2ProStream(self, voice, params or SamplingParams(), generator, max_frames, use_prefix_cache)
+        if max_context is not None and max_context < 1:
+            raise ConfigError(f"max_context must be positive, got {max_context}")
+        return S2ProStream(
+            self, voice, params or SamplingParams(), generator, max_frames, use_prefix_cache, max_context
+        )
 
     async def open_stream_async(self, voice: VoiceReference | None = None, **kwargs: Any) -> S2ProStream:
         """`open_stream` on the model thread (a cold voice prefix is prefilled there)."""
@@ -708,6 +718,7 @@ class S2ProStream:
         generator: torch.Generator | None,
         max_frames: int,
         use_prefix_cache: bool,
+        max_context: int | None = None,
     ) -> None:
         self.engine = engine
         self.voice = voice
@@ -721,12 +732,19 @@ class S2ProStream:
         self.fast_caches = model.new_fast_caches()
         prefix_values, prefix_kv = engine._prefix(voice, use_prefix_cache)
         self.cache = engine._new_cache(prefix_values.shape[1])
+        self._prefix_values = prefix_values
         self._values = prefix_values  # (N+1, T) everything in the context so far
         self._prefilled = 0  # positions whose KV came from a prefill (bit-exact context)
         if prefix_kv is not None:
             self.cache.restore(prefix_kv)
             self._prefilled = prefix_values.shape[1]
+        # KV slots that stay valid whatever happens later: a restored prefix is never overwritten.
+        self._prefix_kv_len = self._prefilled
+        hard_limit = engine.cfg.max_seq_len - CONTEXT_RESERVE
+        self.max_context = hard_limit if max_context is None else min(max_context, hard_limit)
+        self.restarts = 0  # times the context restarted from the voice prefix
         self._pending: list[Tensor] | None = None  # frames of the previous segment, not yet in context
+        self._last_turn: Tensor | None = None  # the previous segment's user turn (for a restart)
         self._finished: list[list[Tensor]] = []
         self._segment: _Segment | None = None
         self._lock = threading.Lock()
@@ -753,24 +771,40 @@ class S2ProStream:
             self._finish_segment()
             self.cancelled.clear()
             builder = self.engine.builder
-            parts = []
+            turn = builder.user_turn(text)
+            previous = None  # the previous segment as context: its user turn and its codes
             if self._pending is not None:
-                parts.append(builder.assistant_codes_end(self._codes_of(self._pending)))
-            parts.append(builder.user_turn(text))
-            appended = torch.cat([self._values, *parts], dim=1)
-            limit = self.engine.cfg.max_seq_len - CONTEXT_RESERVE
+                previous = builder.assistant_codes_end(self._codes_of(self._pending))
+            appended = torch.cat([self._values, *([previous] if previous is not None else []), turn], dim=1)
+            limit = self.max_context
+            if appended.shape[1] > limit and self._values.shape[1] > self._prefix_values.shape[1]:
+                appended = self._restart(turn, previous, limit)
             if appended.shape[1] > limit:
                 raise PromptError(
-                    f"prompt is too long: {appended.shape[1]} positions > {limit} (max_seq_len - {CONTEXT_RESERVE}); "
-                    "split the text or open a new stream"
+                    f"prompt is too long: {appended.shape[1]} positions > {limit} (max_seq_len - {CONTEXT_RESERVE}"
+                    " or max_context); split the text or open a new stream"
                 )
             chunk = appended[:, self._prefilled :]
             segment = _Segment(self, chunk, self._prefilled, self.max_frames if max_frames is None else max_frames)
             self._values = appended
             self._prefilled = appended.shape[1]
             self._pending = None
+            self._last_turn = turn
             self._segment = segment
             return segment
+
+    def _restart(self, turn: Tensor, previous: Tensor | None, limit: int) -> Tensor:
+        """The context from the voice prefix again: prefix + the previous segment (user turn and
+        codes, when it fits) + `turn`. Positions past the prefix's cached KV are prefilled anew."""
+        parts = [self._prefix_values]
+        if self._last_turn is not None and previous is not None:
+            kept = [self._prefix_values, self._last_turn, previous, turn]
+            if sum(p.shape[1] for p in kept) <= limit:
+                parts = kept[:-1]
+        self.restarts += 1
+        self._prefilled = self._prefix_kv_len
+        self._finished = self._finished[-1:] if len(parts) > 1 else []
+        return torch.cat([*parts, turn], dim=1)
 
     def _finish_segment(self) -> None:
         """Close the current segment; its kept frames become the pending assistant turn.
@@ -785,7 +819,8 @@ class S2ProStream:
 
     @property
     def segments_codes(self) -> list[Tensor]:
-        """Kept codes (num_codebooks, frames) of every finished segment, in order."""
+        """Kept codes (num_codebooks, frames) of every finished segment still in the context
+        (all of them unless the context restarted), in order."""
         return [self._codes_of(kept) for kept in self._finished]
 
     def _codes_of(self, kept: list[Tensor]) -> Tensor:

@@ -20,6 +20,11 @@ One reply = one utterance: its segments continue the same stream (previous codes
 context, KV reused), and its codec decoder carries its state across segments, so the audio of the
 reply is one continuous decode. At a segment end the decoder is flushed, so every segment's audio
 is complete before the next segment's begins (segment boundaries map to audio exactly).
+
+Bounds. A segment generates at most `LocalSettings.frame_cap(text)` frames (proportional to its
+text, never more than `MAX_SEGMENT_FRAMES`), and a reply's context restarts from the voice prefix
+(plus the last segment) before it passes `max_context` positions, so the memory of a reply (KV
+cache, context) is bounded whatever its length.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from agent_runtime.tts.base import AsyncUtteranceSynth
 from agent_runtime.tts.s2pro.backend import S2ProBackend
 from agent_runtime.tts.s2pro.chunking import SPEAKER_TAG
 from agent_runtime.tts.s2pro.codec import S2ProCodec
-from agent_runtime.tts.s2pro.engine import S2ProEngine, S2ProStream
+from agent_runtime.tts.s2pro.engine import CONTEXT_RESERVE, S2ProEngine, S2ProStream
 from agent_runtime.tts.s2pro.prompt import VoiceReference
 from agent_runtime.tts.s2pro.sampling import SamplingParams
 from agent_runtime.tts.s2pro.streaming import CodecStreamDecoder
@@ -54,6 +59,10 @@ log = logging.getLogger(__name__)
 _END = object()
 _TAG = re.compile(r"\[[^\]]*\]|<\|[^|]*\|>")
 DEFAULT_PARAMS = SamplingParams(temperature=0.8, top_p=0.8, top_k=30)  # as the fixtures and benchmarks
+# Frames one segment may take by default (~95 s of audio): the room the engine always keeps free
+# after a prompt, far above what a capped segment (300 characters) speaks.
+MAX_SEGMENT_FRAMES = CONTEXT_RESERVE
+DEFAULT_MAX_CONTEXT = 8192
 
 
 @dataclass(frozen=True)
@@ -69,18 +78,24 @@ class LocalSettings:
     """Frames per later codec chunk."""
     max_frames_per_segment: int | None = None
     """Generation cap per segment (the reference's max_new_tokens). None: 64 + 6 per character of
-    text (tags excluded), far above real speech; 0: up to the context end."""
+    text (tags excluded), far above real speech, at most `MAX_SEGMENT_FRAMES`; 0: up to the
+    context end."""
+    max_context: int | None = DEFAULT_MAX_CONTEXT
+    """Positions a reply's context may reach before it restarts from the voice prefix (plus the
+    last segment); bounds the KV cache of one reply. None: the model's max_seq_len - 2048."""
 
     def __post_init__(self) -> None:
         if self.first_chunk_frames < 1 or self.chunk_frames < 1:
             raise ConfigError("s2pro: first_chunk_frames and chunk_frames must be >= 1")
         if self.max_frames_per_segment is not None and self.max_frames_per_segment < 0:
             raise ConfigError("s2pro: max_frames_per_segment must be >= 0")
+        if self.max_context is not None and self.max_context < 256:
+            raise ConfigError(f"s2pro: max_context must be >= 256 positions, got {self.max_context}")
 
     def frame_cap(self, text: str) -> int:
         if self.max_frames_per_segment is not None:
             return self.max_frames_per_segment
-        return 64 + 6 * len(_TAG.sub("", text))
+        return min(64 + 6 * len(_TAG.sub("", text)), MAX_SEGMENT_FRAMES)
 
 
 class LocalBackend(S2ProBackend):
@@ -254,7 +269,9 @@ class LocalUtterance(AsyncUtteranceSynth):
             if s.seed is None:
                 generator = torch.Generator(device=b.engine.device)
                 generator.seed()
-            self.stream = b.engine.open_stream(b.voice, params=s.params, seed=s.seed, generator=generator)
+            self.stream = b.engine.open_stream(
+                b.voice, params=s.params, seed=s.seed, generator=generator, max_context=s.max_context
+            )
         cap = self._max_frames if self._max_frames is not None else b.settings.frame_cap(text)
         return self.stream.start_segment(self._segment_text(text), max_frames=cap)
 

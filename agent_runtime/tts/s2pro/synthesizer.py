@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from agent_runtime.errors import ConfigError
-from agent_runtime.tts.base import SynthesisStream, UtteranceSynth
+from agent_runtime.tts.base import UtteranceSynth
 from agent_runtime.tts.chunker import ChunkerConfig
 from agent_runtime.tts.s2pro.backend import BACKENDS, S2ProBackend
 from agent_runtime.tts.s2pro.chunking import DEFAULT_CHUNKING, S2ProChunkerConfig, S2ProTextChunker
-from agent_runtime.tts.stream import ChunkedSynthesizer, StreamingSynthesisStream
+from agent_runtime.tts.stream import ChunkedSynthesizer
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ class S2ProSynthesizer(ChunkedSynthesizer):
     """Streaming S2-Pro TTS on a backend (shared by every session)."""
 
     name = "s2pro"
+    chunker_class = S2ProTextChunker
 
     def __init__(self, backend: S2ProBackend, chunker_config: ChunkerConfig | dict[str, Any] | None = None) -> None:
         self.backend = backend
@@ -48,7 +49,7 @@ class S2ProSynthesizer(ChunkedSynthesizer):
         if isinstance(chunker_config, dict):
             try:
                 chunker_config = S2ProChunkerConfig(**chunker_config)
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:
                 raise ConfigError(f"s2pro: chunker_config: {exc}") from None
         self.chunker_config = chunker_config or DEFAULT_CHUNKING
 
@@ -72,9 +73,6 @@ class S2ProSynthesizer(ChunkedSynthesizer):
 
     def open_utterance(self) -> UtteranceSynth:
         return self.backend.open_utterance()
-
-    def open_stream(self, chunking: ChunkerConfig | None = None) -> SynthesisStream:
-        return StreamingSynthesisStream(self, S2ProTextChunker(chunking or self.chunker_config))
 
     def warmup(self) -> None:
         self.backend.warmup()
@@ -102,6 +100,7 @@ def load_local(
     first_chunk_frames: int = 2,
     chunk_frames: int = 8,
     max_frames_per_segment: int | None = None,
+    max_context: int | None = 8192,
     prefix_cache_size: int = 16,
     compile_fast: bool | str = "auto",
     compile_slow: bool = False,
@@ -117,8 +116,9 @@ def load_local(
     `device`: cpu or cuda[:N]; `dtype`: Dual-AR weights, auto = bf16 on CUDA, fp32 on CPU (where
     it is the faster and the bit-exact choice); `codec_dtype`: fp32 or bf16; sampling
     `temperature`/`top_p`/`top_k`; `seed` (None: random per reply); `first_chunk_frames` /
-    `chunk_frames`: codec chunk sizes; `max_frames_per_segment` (None: from the text length,
-    0: no cap); `prefix_cache_size`: voice prefixes kept prefilled; `compile_fast`: the fast AR's
+    `chunk_frames`: codec chunk sizes; `max_frames_per_segment` (None: from the text length, at
+    most 2048; 0: up to the context end); `max_context`: positions a reply's context may reach
+    before it restarts from the voice prefix (None: max_seq_len - 2048); `prefix_cache_size`: voice prefixes kept prefilled; `compile_fast`: the fast AR's
     positions as compiled CUDA graphs, auto = on for CUDA (eager decode is slower than real time
     there; the ~40 s of compiling happen in `warmup`), true (CUDA only) or false;
     `compile_slow`: also compile the slow AR's decode step (CUDA, experimental: recompiles, seconds
@@ -150,7 +150,9 @@ def load_local(
         params = SamplingParams(float(temperature), float(top_p), int(top_k))
     except ValueError as exc:
         raise ConfigError(f"s2pro: {exc}") from None
-    settings = LocalSettings(params, seed, int(first_chunk_frames), int(chunk_frames), max_frames_per_segment)
+    settings = LocalSettings(
+        params, seed, int(first_chunk_frames), int(chunk_frames), max_frames_per_segment, max_context
+    )
     reference = load_voice(voice, voice_library)
     started = time.perf_counter()
     engine = S2ProEngine.load(
