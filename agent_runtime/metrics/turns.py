@@ -40,6 +40,9 @@ class TurnMetrics:
     premature_replies_dropped: int = 0
     """Speculative replies discarded unheard because the caller kept talking."""
     llm_error: str | None = None
+    """The LLM failed or stalled ("stalled: no token for 4.0 s"): the fallback or stall line was spoken."""
+    reply_truncated: bool = False
+    """The reply reached `llm.max_reply_chars`: the LLM stream was closed there."""
     tts_error: str | None = None
     """The TTS engine failed during this reply (the caller heard only what was played before)."""
     user_text: str = ""

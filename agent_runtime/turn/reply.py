@@ -25,6 +25,7 @@ from agent_runtime.errors import BackendError
 from agent_runtime.llm.base import ChatMessage, GenerationOptions
 from agent_runtime.metrics.turns import TurnMetrics
 from agent_runtime.tts.chunker import ChunkerConfig
+from agent_runtime.turn.reply_text import LLMOutcome, ReplyText
 
 if TYPE_CHECKING:
     from agent_runtime.turn.session import Session
@@ -92,7 +93,8 @@ class Reply:
         self._playing = asyncio.Event()  # cleared while a barge-in pauses playout
         self._playing.set()
         self.heard = HeardText(sample_rate=session.transport.output_sample_rate)
-        self.llm_text = ""
+        self.llm_text = ""  # the reply's text as spoken (with the fallback or stall line)
+        self.llm_outcome: LLMOutcome | None = None
         self.audible = False  # a frame has been handed to the transport
         self.finished = asyncio.Event()
         self.interrupted = False
@@ -145,7 +147,7 @@ class Reply:
             chunking = None
             if s.config.tts.first_segment == "sentence":
                 chunking = ChunkerConfig(first_min_words=10_000, first_min_chars=10_000)
-            tts = s.synthesizer.open_stream(chunking)
+            tts = s.synthesizer.open_stream(chunking, max_segment_chars=s.config.tts.max_segment_chars)
             self._tts_stream = tts
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._pump_llm(tts))
@@ -170,44 +172,81 @@ class Reply:
         ]
 
     async def _pump_llm(self, tts) -> None:
+        """Stream the LLM's reply into the TTS; then speak what fits how the stream ended."""
+        cfg = self.session.config.llm
+        text = ReplyText(cfg.max_reply_chars)
+        self.llm_outcome = await self._read_llm(text, tts)
+        tail = text.rest()
+        if self.llm_outcome is LLMOutcome.FAILED:
+            self.llm_text = cfg.fallback_line
+            tail = cfg.fallback_line
+        elif self.llm_outcome is LLMOutcome.BROKE_OFF:
+            self.llm_text = f"{text.text.strip()} {cfg.stall_line}"
+            tail = f"{tail} {cfg.stall_line}"
+        else:
+            self.llm_text = text.text
+        self._to_tts(tts.push_text(tail))
+        self._to_tts(tts.flush())
+
+    async def _read_llm(self, text: ReplyText, tts) -> LLMOutcome:
+        """Read the LLM stream into `text` (pushing what is safe to the TTS) until it ends, fails,
+        stalls (`first_token_timeout_s`, then `inter_token_timeout_s` between deltas) or reaches
+        `max_reply_chars`; the stream is closed in every case."""
         s = self.session
         cfg = s.config.llm
         options = GenerationOptions(max_tokens=cfg.max_tokens, temperature=cfg.temperature)
         stream: AsyncIterator[str] = s.llm.stream_chat(self.messages(), options)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + cfg.first_token_timeout_s
         got_text = False
         try:
-            deadline = cfg.first_token_timeout_s
             while True:
+                watch = asyncio.timeout_at(deadline)
                 try:
-                    if got_text:
+                    async with watch:
                         delta = await anext(stream)
-                    else:
-                        delta = await asyncio.wait_for(anext(stream), timeout=deadline)
                 except StopAsyncIteration:
                     break
-                if not delta:
+                except TimeoutError:
+                    if not watch.expired():
+                        raise  # the backend's own timeout: an error like any other
+                    if not got_text:
+                        raise TimeoutError(f"no first token in {cfg.first_token_timeout_s:.1f} s") from None
+                    self.metrics.llm_error = f"stalled: no token for {cfg.inter_token_timeout_s:.1f} s"
+                    log.warning(
+                        "session %s turn %d: LLM %s; speaking the stall line",
+                        s.session_id, self.metrics.turn_id, self.metrics.llm_error,
+                    )  # fmt: skip
+                    return LLMOutcome.BROKE_OFF
+                if not delta or (not got_text and not delta.strip()):
                     continue
                 if not got_text:
-                    if not delta.strip():
-                        continue
                     self.metrics.llm_first_token = time.monotonic()
                     got_text = True
-                self.llm_text += delta
-                self._to_tts(tts.push_text(delta))
+                deadline = loop.time() + cfg.inter_token_timeout_s
+                ready = text.add(delta)
+                self.llm_text = text.text
+                if ready:
+                    self._to_tts(tts.push_text(ready))
+                if text.truncated:
+                    self.metrics.reply_truncated = True
+                    log.warning(
+                        "session %s turn %d: reply cut at %d characters (llm.max_reply_chars)",
+                        s.session_id, self.metrics.turn_id, len(text.text),
+                    )  # fmt: skip
+                    return LLMOutcome.TRUNCATED
         except (BackendError, TimeoutError) as exc:
-            reason = str(exc) or type(exc).__name__
-            self.metrics.llm_error = reason
-            log.warning("session %s: LLM failed (%s); speaking the fallback line", s.session_id, reason)
+            self.metrics.llm_error = str(exc) or type(exc).__name__
+            log.warning("session %s: LLM failed (%s)", s.session_id, self.metrics.llm_error)
+            return LLMOutcome.BROKE_OFF if got_text else LLMOutcome.FAILED
         except Exception as exc:  # a plugin backend may raise anything: the session must stay up
             self.metrics.llm_error = repr(exc)
             log.exception("session %s: LLM backend raised", s.session_id)
+            return LLMOutcome.BROKE_OFF if got_text else LLMOutcome.FAILED
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]
-        if not self.llm_text.strip():
-            self.llm_text = cfg.fallback_line
-            self._to_tts(tts.push_text(cfg.fallback_line))
-        self._to_tts(tts.flush())
+        return LLMOutcome.COMPLETE if got_text else LLMOutcome.FAILED
 
     def _to_tts(self, released_segments: int) -> None:
         if released_segments and self.metrics.tts_first_text is None:
