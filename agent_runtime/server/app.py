@@ -3,19 +3,21 @@
 Routes: `GET /` (browser client), `POST /offer` (WebRTC offer -> answer), `GET /twilio` (Twilio Media
 Streams WebSocket), `GET /healthz`, `GET /readyz`, `GET /metrics`. Each call is a `Session` of the
 voice loop on the shared engines; `CallServer.drain()` stops accepting and lets calls finish.
+
+Admission (`admission.py`): a caller is authenticated before it takes a call slot, on every route;
+a connection still being set up is *pending* (bounded per client address and by
+`server.setup_timeout_s`); a call whose caller sends no audio for `server.media_timeout_s`, from its
+start, is hung up. Every call ends, and its slot comes back.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
+import math
 import os
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +25,24 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from agent_runtime.config import AppConfig
+from agent_runtime.server.admission import Admission, Call, CallState, Refusal
+from agent_runtime.server.clients import ClientAddresses
 from agent_runtime.server.metrics import ServerMetrics
 from agent_runtime.server.security import (
+    JSONTooDeep,
     bearer,
     cors_middleware,
     error_middleware,
+    host_middleware,
     json_error,
+    parse_json,
     resolve_token,
     token_matches,
     unauthorized,
 )
 from agent_runtime.transport.base import Transport
-from agent_runtime.transport.twilio import CLOSE_POLICY, TwilioTransport
+from agent_runtime.transport.hangup import HangUp
+from agent_runtime.transport.twilio import CLOSE_POLICY, CLOSE_TRY_AGAIN, TwilioTransport
 from agent_runtime.transport.webrtc import (
     WebRTCTransport,
     ice_servers_from_config,
@@ -44,26 +52,8 @@ from agent_runtime.turn.session import Engines, Session, SessionEvent
 
 log = logging.getLogger("agent_runtime.server")
 STATIC_DIR = Path(__file__).parent / "static"
-ICE_CONNECT_TIMEOUT_S = 30.0
-
-
-@dataclass
-class Call:
-    """One call in progress."""
-
-    call_id: str
-    kind: str  # webrtc | twilio
-    transport: Transport | None = None
-    session: Session | None = None
-    task: asyncio.Task[None] | None = None
-    channel: Any = None  # the WebRTC data channel the page listens on
-    started: float = field(default_factory=time.monotonic)
-
-    def send_event(self, event: dict[str, Any]) -> None:
-        ch = self.channel
-        if ch is not None and ch.readyState == "open":
-            with contextlib.suppress(Exception):
-                ch.send(json.dumps(event, separators=(",", ":")))
+WS_CLOSE_TIMEOUT_S = 2.0  # how long a closing phone socket may take to answer our close frame
+__all__ = ["Call", "CallServer", "CallState"]
 
 
 def event_to_json(event: SessionEvent) -> dict[str, Any]:
@@ -114,7 +104,9 @@ class CallServer:
         self._load_engines = load_engines
         self.engines: Engines | None = None
         self.engine_error: str | None = None
-        self.calls: dict[str, Call] = {}
+        s = config.server
+        self.admission = Admission(s.max_sessions, s.max_pending_per_client, s.max_calls_per_client)
+        self.clients = ClientAddresses(s.trusted_proxies)
         self.draining = False
         self.metrics = ServerMetrics()
         self._loader: asyncio.Task[None] | None = None
@@ -126,7 +118,11 @@ class CallServer:
     def _build_app(self) -> web.Application:
         app = web.Application(
             client_max_size=self.server_config.max_body_bytes,
-            middlewares=[error_middleware(self.server_config.max_body_bytes), cors_middleware(self.server_config.cors_origins)],
+            middlewares=[
+                error_middleware(self.server_config.max_body_bytes),
+                host_middleware(self.host, self.server_config.allowed_hosts),
+                cors_middleware(self.server_config.cors_origins),
+            ],
         )
         app.router.add_get("/", self._index)
         app.router.add_static("/static/", STATIC_DIR, show_index=False)
@@ -172,34 +168,41 @@ class CallServer:
             return json_error(503, "shutting down")
         if self.engines is None:
             return json_error(503, self.engine_error or "engines are loading")
-        return web.json_response({"status": "ready", "sessions": len(self.calls)})
+        return web.json_response({"status": "ready", "sessions": len(self.calls), "pending": self.admission.pending()})
 
     async def _metrics(self, _request: web.Request) -> web.Response:
+        calls = self.calls
         for kind in ("webrtc", "twilio"):
-            self.metrics.active_sessions.set(sum(c.kind == kind for c in self.calls.values()), kind)
+            self.metrics.active_sessions.set(sum(c.kind == kind for c in calls.values()), kind)
+            self.metrics.pending.set(self.admission.pending(kind=kind), kind)
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
                             headers={"X-Prometheus-Format": "0.0.4"})
 
     async def _preflight(self, _request: web.Request) -> web.Response:
         return web.Response(status=204)  # cross-origin preflights are answered by the CORS middleware
 
-    def _admit(self, kind: str) -> tuple[Call | None, web.Response | None]:
-        """Reserve a call slot, or say why not (503)."""
+    # -- admission --------------------------------------------------------------------------------
+    @property
+    def calls(self) -> dict[str, Call]:
+        """The calls holding a slot (ADMITTED or ACTIVE), by id."""
+        return self.admission.calls()
+
+    def _unavailable(self) -> Refusal | None:
+        """Why no call can start at all right now (draining, engines loading), or None."""
         if self.draining:
-            self.metrics.rejected.inc("draining")
-            return None, json_error(503, "server is shutting down; call another instance", **{"Retry-After": "5"})
+            return Refusal("draining", "server is shutting down; call another instance")
         if self.engines is None:
-            self.metrics.rejected.inc("not_ready")
-            return None, json_error(503, "not ready: engines are still loading", **{"Retry-After": "5"})
-        limit = self.server_config.max_sessions
-        if len(self.calls) >= limit:
-            self.metrics.rejected.inc("busy")
-            return None, json_error(
-                503, f"busy: all {limit} call slots are in use; try again shortly", **{"Retry-After": "5"}
-            )
-        call = Call(uuid.uuid4().hex[:12], kind)
-        self.calls[call.call_id] = call
-        return call, None
+            return Refusal("not_ready", "not ready: engines are still loading")
+        return None
+
+    def _refuse_pending(self, client: str) -> Refusal | None:
+        return self.admission.refuse_pending(client, math.ceil(self.server_config.setup_timeout_s))
+
+    def _refused(self, refusal: Refusal) -> web.Response:
+        """Count a refusal and answer it: 429 for a per-client limit, else 503; with Retry-After."""
+        self.metrics.rejected.inc(refusal.reason)
+        status = 429 if refusal.reason == "per_client" else 503
+        return json_error(status, refusal.message, **{"Retry-After": str(refusal.retry_after_s)})
 
     # -- WebRTC -----------------------------------------------------------------------------------
     async def _ice(self, request: web.Request) -> web.Response:
@@ -214,10 +217,13 @@ class CallServer:
 
     async def _offer(self, request: web.Request) -> web.Response:
         if self.token is not None and not token_matches(bearer(request), self.token):
+            self.metrics.rejected.inc("unauthorized")
             return unauthorized()
         raw = await request.read()
         try:
-            body = json.loads(raw)
+            body = parse_json(raw, self.server_config.max_json_depth)
+        except JSONTooDeep as exc:
+            return self._bad_offer(f"body is {exc} (server.max_json_depth)")
         except (ValueError, UnicodeDecodeError) as exc:
             return self._bad_offer(f"body is not valid JSON: {exc}")
         if not isinstance(body, dict):
@@ -229,9 +235,15 @@ class CallServer:
             return self._bad_offer('malformed SDP: "sdp" must be a session description starting with "v=0"')
         if "m=audio" not in sdp:
             return self._bad_offer("malformed SDP: the offer has no audio media section (m=audio)")
-        call, refusal = self._admit("webrtc")
-        if call is None:
-            return refusal  # type: ignore[return-value]
+        client = self.clients.of(request)
+        refusal = self._unavailable() or self._refuse_pending(client)
+        if refusal is not None:
+            return self._refused(refusal)
+        call = self.admission.open("webrtc", client)
+        refusal = self.admission.admit(call)
+        if refusal is not None:
+            self.admission.move(call, CallState.ENDED)
+            return self._refused(refusal)
         s = self.server_config
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice_servers_from_config(s.ice_servers, self.environ)))
         transport = WebRTCTransport(
@@ -242,7 +254,7 @@ class CallServer:
         try:
             answer = await transport.accept(sdp)
         except Exception as exc:
-            self.calls.pop(call.call_id, None)
+            self.admission.move(call, CallState.ENDED)
             await transport.close()
             return self._bad_offer(f"malformed SDP: {type(exc).__name__}: {exc}")
         self._start(call, transport)
@@ -265,33 +277,56 @@ class CallServer:
 
     # -- Twilio -----------------------------------------------------------------------------------
     async def _twilio(self, request: web.Request) -> web.StreamResponse:
-        header_ok = self.token is None or token_matches(bearer(request), self.token)
-        if bearer(request) is not None and not header_ok:
+        presented = bearer(request)
+        header_ok = self.token is None or token_matches(presented, self.token)
+        if presented is not None and not header_ok:
+            self.metrics.rejected.inc("unauthorized")
             return unauthorized()
-        call, refusal = self._admit("twilio")
-        if call is None:
-            return refusal  # type: ignore[return-value]
-        ws = web.WebSocketResponse(max_msg_size=self.server_config.max_body_bytes, autoping=True)
+        client = self.clients.of(request)
+        refusal = self._unavailable() or self.admission.refuse_slot(client) or self._refuse_pending(client)
+        if refusal is not None:
+            return self._refused(refusal)  # before the upgrade: a plain HTTP answer
+        s = self.server_config
+        ws = web.WebSocketResponse(
+            max_msg_size=s.max_body_bytes, autoping=True, heartbeat=s.keepalive_s or None, timeout=WS_CLOSE_TIMEOUT_S
+        )
+        call = self.admission.open("twilio", client)  # PENDING: no call slot until a valid `start`
         try:
             await ws.prepare(request)
-            transport = TwilioTransport(ws)
+            transport = TwilioTransport(ws, media_timeout_s=s.media_timeout_s, max_json_depth=s.max_json_depth)
             call.transport = transport
-            info = await transport.start()
-            if info is None:
-                if transport.close_reason:
-                    self.metrics.errors.inc("bad_stream")
-                return ws
-            if not header_ok and not token_matches(info.custom_parameters.get("token"), self.token or ""):
-                await transport.close(CLOSE_POLICY, "unauthorized")
-                return ws
-            log.info("twilio call %s: stream %s", info.call_sid or "-", info.stream_sid)
-            self._start(call, transport)
-            assert call.task is not None
-            await asyncio.shield(call.task)
+            if await self._twilio_setup(call, transport, header_ok):
+                self._start(call, transport)
+                assert call.task is not None
+                await asyncio.shield(call.task)
         finally:
             if call.task is None:
-                self.calls.pop(call.call_id, None)
+                self.admission.move(call, CallState.ENDED)
         return ws
+
+    async def _twilio_setup(self, call: Call, transport: TwilioTransport, header_ok: bool) -> bool:
+        """Wait for a valid `start`, check its token, take a slot (-> ACTIVE). False: the socket was closed."""
+        info = await transport.start(timeout=self.server_config.setup_timeout_s)
+        if info is None:
+            if transport.hang_up is HangUp.SETUP_TIMEOUT:
+                self.metrics.rejected.inc("setup_timeout")
+            elif transport.close_reason:
+                self.metrics.errors.inc("bad_stream")
+            return False
+        if not header_ok and not token_matches(info.custom_parameters.get("token"), self.token or ""):
+            self.metrics.rejected.inc("unauthorized")
+            log.warning("twilio stream %s from %s: missing or wrong token", info.stream_sid, call.client)
+            await transport.close(CLOSE_POLICY, "unauthorized: missing or wrong 'token' custom parameter")
+            return False
+        refusal = self._unavailable() or self.admission.admit(call)
+        if refusal is not None:
+            self.metrics.rejected.inc(refusal.reason)
+            log.warning("twilio stream %s from %s refused: %s", info.stream_sid, call.client, refusal.message)
+            await transport.close(CLOSE_TRY_AGAIN, refusal.message)
+            return False
+        self.admission.move(call, CallState.ACTIVE)  # the stream is the media path: it is up
+        log.info("twilio call %s: stream %s", info.call_sid or "-", info.stream_sid)
+        return True
 
     # -- calls --------------------------------------------------------------------------------------
     def _start(self, call: Call, transport: Transport) -> None:
@@ -313,7 +348,7 @@ class CallServer:
         assert call.session is not None and call.transport is not None
         watchdog = None
         if isinstance(call.transport, WebRTCTransport):
-            watchdog = asyncio.create_task(self._watch_ice(call.transport))
+            watchdog = asyncio.create_task(self._await_connect(call, call.transport), name=f"setup-{call.call_id}")
         try:
             await call.session.run()
         except Exception:
@@ -326,30 +361,43 @@ class CallServer:
             if watchdog is not None:
                 watchdog.cancel()
                 await asyncio.gather(watchdog, return_exceptions=True)
-            with contextlib.suppress(Exception):
+            hang_up = getattr(call.transport, "hang_up", None)
+            if isinstance(hang_up, HangUp):
+                self.metrics.reclaimed.inc(hang_up.value)
+            try:
                 await call.transport.close()
-            self.calls.pop(call.call_id, None)
+            except Exception as exc:  # the call is over either way
+                log.warning("call %s: closing the transport failed: %s: %s", call.call_id, type(exc).__name__, exc)
+            self.admission.move(call, CallState.ENDED)
             log.info("call %s ended after %.1f s", call.call_id, time.monotonic() - call.started)
 
-    async def _watch_ice(self, transport: WebRTCTransport) -> None:
-        """Hang up a WebRTC call whose connection never came up."""
-        await asyncio.sleep(ICE_CONNECT_TIMEOUT_S)
-        if transport.pc.connectionState != "connected":
-            log.warning("WebRTC peer never connected; hanging up")
+    async def _await_connect(self, call: Call, transport: WebRTCTransport) -> None:
+        """ADMITTED -> ACTIVE when the peer connects; hang up if it has not within `setup_timeout_s`."""
+        setup = self.server_config.setup_timeout_s
+        try:
+            async with asyncio.timeout(setup):
+                await transport.wait_connected()
+        except TimeoutError:
+            self.metrics.reclaimed.inc(HangUp.SETUP_TIMEOUT.value)
+            log.warning("call %s: WebRTC peer at %s did not connect within %g s: hanging up", call.call_id,
+                        call.client, setup)
             await transport.close()
+            return
+        if call.state is CallState.ADMITTED:
+            self.admission.move(call, CallState.ACTIVE)
 
     async def drain(self, grace_s: float) -> None:
         """Stop accepting calls, give the calls in progress `grace_s` to end, then hang them up."""
         self.draining = True
-        tasks = [c.task for c in self.calls.values() if c.task is not None]
+        tasks = [c.task for c in self.admission.connections() if c.task is not None]
         if tasks:
             log.info("draining: waiting up to %.0f s for %d call(s)", grace_s, len(tasks))
             _done, pending = await asyncio.wait(tasks, timeout=grace_s)
-            for call in list(self.calls.values()):
+            for call in self.admission.connections():
                 if call.transport is not None and call.task in pending:
                     await call.transport.close()
             if pending:
                 await asyncio.wait(pending, timeout=5.0)
-        for call in list(self.calls.values()):  # admitted but never started (signaling in flight)
+        for call in self.admission.connections():  # never started: signaling in flight, phone sockets pending
             if call.transport is not None:
                 await call.transport.close()

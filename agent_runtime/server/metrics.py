@@ -11,6 +11,11 @@ from collections.abc import Iterable
 
 from agent_runtime.metrics.turns import STAGES, TurnMetrics
 
+REJECT_REASONS = ("busy", "per_client", "unauthorized", "setup_timeout", "not_ready", "draining")
+"""`agent_sessions_rejected_total` reasons: no slot free, a per-client limit, bad token, no valid phone
+`start` within server.setup_timeout_s, engines loading, shutting down."""
+RECLAIM_REASONS = ("setup_timeout", "media_timeout", "keepalive")
+"""`agent_calls_reclaimed_total` reasons: WebRTC peer never connected, no caller audio, missed pong."""
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
 
 
@@ -96,6 +101,14 @@ class ServerMetrics:
         self.active_sessions = Gauge("agent_active_sessions", "calls in progress", ("transport",))
         self.sessions = Counter("agent_sessions_total", "calls started", ("transport",))
         self.rejected = Counter("agent_sessions_rejected_total", "calls refused", ("reason",))
+        self.reclaimed = Counter(
+            "agent_calls_reclaimed_total", "calls the server hung up because they stalled", ("reason",)
+        )
+        self.pending = Gauge(
+            "agent_pending_connections",
+            "connections being set up: phone sockets before a valid start, WebRTC answers not yet connected",
+            ("transport",),
+        )
         self.turns = Counter("agent_turns_total", "finished user turns (with a reply or interrupted)")
         self.barge_ins = Counter("agent_barge_ins_total", "replies interrupted by the caller")
         self.errors = Counter("agent_errors_total", "errors by kind", ("kind",))
@@ -109,7 +122,12 @@ class ServerMetrics:
         )
         for t in ("webrtc", "twilio"):
             self.active_sessions.set(0, t)
+            self.pending.set(0, t)
             self.sessions.values[(t,)] = 0.0
+        for reason in REJECT_REASONS:
+            self.rejected.values[(reason,)] = 0.0
+        for reason in RECLAIM_REASONS:
+            self.reclaimed.values[(reason,)] = 0.0
 
     def observe_turn(self, turn: TurnMetrics) -> None:
         self.turns.inc()
@@ -131,7 +149,7 @@ class ServerMetrics:
 
     def render(self) -> str:
         metrics = [
-            self.active_sessions, self.sessions, self.rejected, self.turns, self.barge_ins, self.errors,
+            self.active_sessions, self.pending, self.sessions, self.rejected, self.reclaimed, self.turns, self.barge_ins, self.errors,
             self.stage_latency, self.voice_to_voice,
         ]
         return "\n".join(line for m in metrics for line in m.render()) + "\n"

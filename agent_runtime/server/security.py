@@ -1,4 +1,4 @@
-"""Bearer-token auth, CORS and JSON errors for the call server."""
+"""Bearer-token auth, CORS, Host checks, bounded JSON and JSON errors for the call server."""
 
 from __future__ import annotations
 
@@ -7,11 +7,14 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
 from agent_runtime.config import ServerConfig
 from agent_runtime.errors import ConfigError
+from agent_runtime.json_limits import JSONTooDeep as JSONTooDeep  # re-exported for handlers
+from agent_runtime.json_limits import loads
 
 log = logging.getLogger("agent_runtime.server")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -31,6 +34,45 @@ def is_loopback_host(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def parse_json(raw: str | bytes, max_depth: int) -> Any:
+    """A request body as JSON; ValueError (JSONTooDeep when nested over `max_depth`) otherwise."""
+    return loads(raw, max_depth)
+
+
+def host_name(value: str) -> str:
+    """A Host header's name without the port, lower-case: `[::1]:8080` -> `::1`, `Example.com.` -> `example.com`."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+def host_middleware(bind_host: str, allowed_hosts: list[str]) -> Callable:
+    """Refuse requests for names this server does not serve (421): the defence against DNS rebinding.
+
+    A loopback bind answers only loopback names (localhost, 127.0.0.1, [::1]) and `allowed_hosts`: a
+    page on evil.example whose name resolves to 127.0.0.1 gets 421. Other binds check the Host only
+    when `allowed_hosts` is set (then it, the bind address and loopback names are accepted).
+    """
+    loopback = is_loopback_host(host_name(bind_host))
+    check = loopback or bool(allowed_hosts)
+    allowed = {host_name(h) for h in allowed_hosts}  # a listed port is ignored, like the request's
+    if not loopback:
+        allowed.add(host_name(bind_host))
+    fix = "add it to server.allowed_hosts to serve it"
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        value = request.headers.get("Host")
+        if not check or value is None or is_loopback_host(host_name(value)) or host_name(value) in allowed:
+            return await handler(request)
+        return json_error(421, f"host {value[:100]!r} is not served here (DNS-rebinding protection); {fix}")
+
+    return middleware
 
 
 def resolve_token(config: ServerConfig, host: str, environ: dict[str, str]) -> str | None:

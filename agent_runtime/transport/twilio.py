@@ -7,18 +7,22 @@ far playback got) and `clear` (barge-in: Twilio drops the audio it has buffered)
 
 Outbound audio is paced in real time with at most one frame ahead of the caller's ear, so Twilio's
 own buffer stays small and `clear()` silences the agent at once. Anything that is not a Twilio
-message (not JSON, binary, no `event`, bad base64) closes the socket with code 1007 and ends the call.
+message (not JSON, binary, no `event`, a known event of the wrong shape: see `twilio_messages.py`)
+closes the socket with code 1007 and a reason, and ends the call.
+
+Calls always end: `start(timeout)` gives up on a socket that sends no valid `start` in time, and
+`recv()` hangs up (code 1008, with the reason) when no `media` arrived for `media_timeout_s`, counted
+from the `start`. A peer that stops answering the WebSocket's keepalive pings (aiohttp `heartbeat`)
+is hung up too; `hang_up` says which of these ended the call.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -26,44 +30,41 @@ from aiohttp import WSMsgType, web
 from agent_runtime.audio import mulaw
 from agent_runtime.audio.frame import AudioFrame
 from agent_runtime.transport.base import Transport
+from agent_runtime.transport.hangup import HangUp
+from agent_runtime.transport.twilio_messages import (
+    DEFAULT_MAX_DEPTH,
+    Connected,
+    Mark,
+    Media,
+    Start,
+    Stop,
+    StreamStart,
+    TwilioMessage,
+    TwilioProtocolError,
+    parse_message,
+)
 
 log = logging.getLogger("agent_runtime.transport.twilio")
 
 TWILIO_RATE = 8_000
 CLOSE_INVALID = 1007  # "invalid frame payload data"
 CLOSE_POLICY = 1008
-
-
-class TwilioProtocolError(Exception):
-    """The peer sent something that is not a Twilio Media Streams message."""
-
-
-@dataclass
-class StreamStart:
-    """What the `start` message told us about the call."""
-
-    stream_sid: str
-    call_sid: str = ""
-    custom_parameters: dict[str, str] = field(default_factory=dict)
-    media_format: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_message(data: str) -> dict[str, Any]:
-    """One text frame -> message dict; raises TwilioProtocolError on anything else."""
-    try:
-        msg = json.loads(data)
-    except ValueError:
-        raise TwilioProtocolError("not JSON") from None
-    if not isinstance(msg, dict) or not isinstance(msg.get("event"), str):
-        raise TwilioProtocolError("not a Media Streams message (no 'event')")
-    return msg
+CLOSE_TRY_AGAIN = 1013  # "try again later": no call slot for a stream that started
 
 
 class TwilioTransport(Transport):
     """Agent side of a phone call; `await start()` before handing it to a session."""
 
-    def __init__(self, ws: web.WebSocketResponse, *, mark_every_frames: int = 10) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, *, mark_every_frames: int = 10, media_timeout_s: float | None = None,
+        max_json_depth: int = DEFAULT_MAX_DEPTH,
+    ) -> None:
         self.ws = ws
+        self.max_json_depth = max_json_depth
+        self.media_timeout_s = media_timeout_s
+        self._last_media = time.monotonic()
+        self.hang_up: HangUp | None = None
+        """Set when the transport ended the call on its own (timeout, missed keepalive)."""
         self.output_sample_rate = TWILIO_RATE
         self.stream: StreamStart | None = None
         self.mark_every_frames = mark_every_frames
@@ -78,83 +79,89 @@ class TwilioTransport(Transport):
         self.close_reason: str | None = None
 
     # -- protocol ---------------------------------------------------------------------------------
-    async def _next_message(self) -> dict[str, Any] | None:
-        """The next Twilio message; None when the socket closed or sent garbage (then closed)."""
-        msg = await self.ws.receive()
+    async def _next_message(self, timeout: float | None = None) -> TwilioMessage | None:
+        """The next Twilio message; None when the socket closed or sent garbage (then closed).
+
+        Raises TimeoutError when nothing arrived within `timeout` seconds.
+        """
+        msg = await self.ws.receive(timeout=timeout)
         if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            if isinstance(self.ws.exception(), TimeoutError):  # aiohttp's heartbeat got no pong
+                self.hang_up = HangUp.KEEPALIVE
+                log.warning("twilio stream %s: no keepalive pong: hanging up", self._sid)
             return None
         try:
             if msg.type is not WSMsgType.TEXT:
                 raise TwilioProtocolError("binary frame")
-            return parse_message(msg.data)
+            return parse_message(msg.data, self.max_json_depth)
         except TwilioProtocolError as exc:
             await self._abort(str(exc))
             return None
 
+    @property
+    def _sid(self) -> str:
+        return self.stream.stream_sid if self.stream else "-"
+
     async def _abort(self, reason: str) -> None:
         self.close_reason = reason
-        log.warning("twilio stream %s: closing: %s", self.stream.stream_sid if self.stream else "-", reason)
+        log.warning("twilio stream %s: closing: %s", self._sid, reason)
         await self.close(CLOSE_INVALID, reason)
 
-    async def start(self, timeout: float = 10.0) -> StreamStart | None:
-        """Wait for `start` (skipping `connected`); None if the socket closed or misbehaved first."""
+    async def _time_out(self, hang_up: HangUp, reason: str) -> None:
+        self.hang_up = hang_up
+        log.warning("twilio stream %s: %s: hanging up", self._sid, reason)
+        await self.close(CLOSE_POLICY, reason)
+
+    async def start(self, timeout: float | None = 10.0) -> StreamStart | None:
+        """Wait for `start` (skipping `connected`); None if the socket closed, misbehaved or sent no
+        `start` within `timeout` s (then closed with 1008 and `hang_up` SETUP_TIMEOUT)."""
         try:
             async with asyncio.timeout(timeout):
                 while True:
                     msg = await self._next_message()
                     if msg is None:
                         return None
-                    if msg["event"] == "start":
+                    if isinstance(msg, Start):
                         break
-                    if msg["event"] != "connected":
-                        await self._abort(f"expected 'start', got {msg['event']!r}")
+                    if not isinstance(msg, Connected):
+                        await self._abort(f"expected 'start', got {msg.event!r}")
                         return None
         except TimeoutError:
-            await self._abort("no 'start' message")
+            await self._time_out(HangUp.SETUP_TIMEOUT, f"no valid 'start' within {timeout:g} s")
             return None
-        info = msg.get("start")
-        sid = msg.get("streamSid") or (info or {}).get("streamSid")
-        if not isinstance(info, dict) or not isinstance(sid, str):
-            await self._abort("'start' without streamSid")
-            return None
-        params = info.get("customParameters") or {}
-        self.stream = StreamStart(
-            stream_sid=sid,
-            call_sid=str(info.get("callSid", "")),
-            custom_parameters={str(k): str(v) for k, v in params.items()} if isinstance(params, dict) else {},
-            media_format=info.get("mediaFormat") or {},
-        )
-        enc = self.stream.media_format.get("encoding", "audio/x-mulaw")
-        if enc != "audio/x-mulaw" or int(self.stream.media_format.get("sampleRate", TWILIO_RATE)) != TWILIO_RATE:
-            await self._abort(f"unsupported media format {self.stream.media_format}")
-            return None
+        self.stream = msg.stream  # validated: mu-law at 8 kHz, a streamSid
+        self._last_media = time.monotonic()  # the media timeout counts from the start of the call
         return self.stream
+
+    def _media_wait(self) -> float | None:
+        """Seconds left until the media timeout (None: no timeout)."""
+        if self.media_timeout_s is None:
+            return None
+        return max(0.001, self._last_media + self.media_timeout_s - time.monotonic())
 
     async def recv(self) -> AudioFrame | None:
         while not self.closed:
-            msg = await self._next_message()
+            try:
+                msg = await self._next_message(self._media_wait())
+            except TimeoutError:
+                await self._time_out(HangUp.MEDIA_TIMEOUT, f"no caller audio for {self.media_timeout_s:g} s")
+                return None
             if msg is None:
                 return None
-            event = msg["event"]
-            if event == "media":
-                try:
-                    payload = base64.b64decode(msg["media"]["payload"], validate=True)
-                except (KeyError, TypeError, binascii.Error):
-                    await self._abort("media without a valid base64 payload")
-                    return None
-                if not payload:
+            if isinstance(msg, Media):
+                self._last_media = time.monotonic()
+                if not msg.payload:
                     continue
-                pcm = mulaw.decode(payload)
+                pcm = mulaw.decode(msg.payload)
                 return AudioFrame(pcm, TWILIO_RATE, time.monotonic() - len(pcm) / TWILIO_RATE)
-            if event == "mark":
-                name = (msg.get("mark") or {}).get("name")
-                if name in self._marks:
-                    self.samples_played = max(self.samples_played, self._marks.pop(name))
-            elif event == "stop":
+            if isinstance(msg, Mark):
+                if msg.name in self._marks:
+                    self.samples_played = max(self.samples_played, self._marks.pop(msg.name))
+            elif isinstance(msg, Stop):
                 await self.close()
                 return None
-            elif event not in ("connected", "start", "dtmf"):
-                log.debug("twilio: ignoring event %r", event)
+            elif msg.event not in ("connected", "start", "dtmf"):
+                log.debug("twilio: ignoring event %r", msg.event)
         return None
 
     # -- outbound ---------------------------------------------------------------------------------

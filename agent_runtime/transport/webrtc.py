@@ -32,6 +32,7 @@ from aiortc.utils import uint16_add, uint16_gt
 
 from agent_runtime.audio.frame import AudioFrame
 from agent_runtime.transport.base import Transport
+from agent_runtime.transport.hangup import HangUp
 
 log = logging.getLogger("agent_runtime.transport.webrtc")
 
@@ -230,7 +231,9 @@ class WebRTCTransport(Transport):
     ) -> None:
         self.pc = pc
         self.media_timeout_s = media_timeout_s
-        self._got_media = False
+        self.hang_up: HangUp | None = None
+        """Set when the transport ended the call on its own (no caller audio for `media_timeout_s`)."""
+        self._connected = asyncio.Event()
         self.decimate = decimate
         self.output_sample_rate = WEBRTC_RATE
         self.jitter_buffer_packets = jitter_buffer_packets
@@ -260,8 +263,14 @@ class WebRTCTransport(Transport):
             self._reader = asyncio.create_task(self._read(track), name="webrtc-inbound")
 
     async def _on_state(self) -> None:
+        if self.pc.connectionState == "connected":
+            self._connected.set()
         if self.pc.connectionState in ("failed", "closed"):
             self._inbound.put_nowait(None)
+
+    async def wait_connected(self) -> None:
+        """Return once the peer connection is up (ICE and DTLS done)."""
+        await self._connected.wait()
 
     async def _read(self, track: MediaStreamTrack) -> None:
         decimator = Decimator()
@@ -280,20 +289,17 @@ class WebRTCTransport(Transport):
             self._inbound.put_nowait(None)
 
     async def recv(self) -> AudioFrame | None:
-        """The caller's next frame (16 kHz mono); None at hang-up, or when the caller's audio stopped
-        arriving for `media_timeout_s` (a browser that vanished without closing the connection)."""
+        """The caller's next frame (16 kHz mono); None at hang-up, or when no caller audio arrived for
+        `media_timeout_s`, from the first call on (a browser that vanished without closing the
+        connection, or a peer that connected and never sent audio): then `hang_up` is MEDIA_TIMEOUT."""
         if self._closed and self._inbound.empty():
             return None
-        if not self._got_media or self.media_timeout_s is None:
-            frame = await self._inbound.get()
-        else:
-            try:
-                frame = await asyncio.wait_for(self._inbound.get(), self.media_timeout_s)
-            except TimeoutError:
-                log.warning("no caller audio for %.0f s: hanging up", self.media_timeout_s)
-                return None
-        self._got_media = self._got_media or frame is not None
-        return frame
+        try:
+            return await asyncio.wait_for(self._inbound.get(), self.media_timeout_s)
+        except TimeoutError:
+            self.hang_up = HangUp.MEDIA_TIMEOUT
+            log.warning("no caller audio for %g s: hanging up", self.media_timeout_s)
+            return None
 
     async def send(self, frame: AudioFrame) -> None:
         if frame.sample_rate != self.output_sample_rate:

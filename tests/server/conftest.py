@@ -10,12 +10,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from aiohttp import web
 
 from agent_runtime.asr.base import Transcript
 from agent_runtime.bench.instant import InstantLLM, InstantRecognizer, InstantSynthesizer
 from agent_runtime.config import load_config
 from agent_runtime.server.app import CallServer
+from agent_runtime.server.slowloris import start_http
 from agent_runtime.turn.session import Engines
 
 SENTENCE = "What time do you open tomorrow?"
@@ -62,10 +62,7 @@ async def running_server(
     cfg = load_config(None, {"server": {"loopback_only": True, **(server_overrides or {})}})
     eng = engines or make_engines()
     server = CallServer(cfg, load or (lambda: eng), host=host, environ=environ or {})
-    runner = web.AppRunner(server.app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
+    runner = await start_http(server.app, "127.0.0.1", 0, header_timeout_s=cfg.server.header_timeout_s)
     port = runner.addresses[0][1]
     try:
         if load is None:
