@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
     except AgentRuntimeError as exc:
         print(f"agent-runtime: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        print(f"agent-runtime: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)  # a user's path
+        sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)
     sys.exit(int(rc or 0))

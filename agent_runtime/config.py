@@ -185,6 +185,11 @@ class ServerConfig(_Strict):
     max_calls_per_client: int = Field(
         0, ge=0, description="calls in progress one client address may hold (0 = only max_sessions limits)"
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="reverse proxies (addresses or CIDR networks) whose X-Forwarded-For names the client: "
+        "per-client limits then count the caller, not the proxy",
+    )
     keepalive_s: float = Field(
         15.0, ge=0, description="WebSocket ping interval on the phone socket; a peer that misses a pong is hung up (0 = off)"
     )
@@ -222,6 +227,10 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file (a YAML config is UTF-8 text)") from None
+    except OSError as exc:  # a directory, no permission
+        raise ConfigError(f"{p}: cannot read the config file ({exc.strerror or exc})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(raw, dict):

@@ -12,12 +12,19 @@ from agent_runtime.turn.session import Engines
 log = logging.getLogger("agent_runtime.engines")
 
 
-def build_engines(config: AppConfig) -> Engines:
-    """Load the configured engines (blocking: seconds for real models). Call off the event loop."""
+def build_engines(config: AppConfig, *, warm_loop: asyncio.AbstractEventLoop | None = None) -> Engines:
+    """Load the configured engines (blocking: seconds for real models). Call off the event loop.
+
+    With `warm_loop` (the loop the engines will serve calls on, running in another thread) they are
+    also warmed up before this returns: ASR and TTS here, the LLM's async `warmup()` on that loop (a
+    backend may open connections there). A server that loads this way is ready only once warm, and
+    its memory after load is what a call will find."""
     from agent_runtime.asr.whisper import WhisperRecognizer
     from agent_runtime.llm.registry import create_backend
+    from agent_runtime.plugins import check_plugins
     from agent_runtime.tts.registry import create_synthesizer
 
+    check_plugins(config)  # an unknown plugin name fails now, not after the ASR model has loaded
     t = time.perf_counter()
     a = config.asr
     recognizer = WhisperRecognizer(
@@ -32,7 +39,10 @@ def build_engines(config: AppConfig) -> Engines:
     log.info("%s", tts_choice_message(config))
     synthesizer = create_synthesizer(config.tts.engine, dict(config.tts.options))
     log.info("TTS ready: %s at %d Hz (%.1f s)", config.tts.engine, synthesizer.sample_rate, time.perf_counter() - t)
-    return Engines(recognizer=recognizer, llm=llm, synthesizer=synthesizer)
+    engines = Engines(recognizer=recognizer, llm=llm, synthesizer=synthesizer)
+    if warm_loop is not None:
+        warm_up_blocking(engines, warm_loop)
+    return engines
 
 
 def tts_choice_message(config: AppConfig) -> str:
@@ -60,4 +70,19 @@ async def warm_up(engines: Engines) -> None:
     await asyncio.to_thread(engines.recognizer.warmup)
     await engines.llm.warmup()
     await asyncio.to_thread(engines.synthesizer.warmup)
+    log.info("engines warmed up (%.1f s)", time.perf_counter() - t)
+
+
+def warm_up_blocking(engines: Engines, loop: asyncio.AbstractEventLoop) -> None:
+    """`warm_up` from a worker thread: ASR and TTS in this thread, the LLM's warm-up on `loop`."""
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        raise RuntimeError("warm_up_blocking must run in a worker thread, not on the loop it warms for")
+    t = time.perf_counter()
+    engines.recognizer.warmup()
+    asyncio.run_coroutine_threadsafe(engines.llm.warmup(), loop).result()
+    engines.synthesizer.warmup()
     log.info("engines warmed up (%.1f s)", time.perf_counter() - t)

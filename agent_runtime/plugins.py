@@ -11,9 +11,12 @@ The class is built with `from_options(**options)` from the config's `options` ma
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent_runtime.errors import AgentRuntimeError, ConfigError
+
+if TYPE_CHECKING:
+    from agent_runtime.config import AppConfig
 
 T = TypeVar("T")
 
@@ -44,3 +47,19 @@ def create(group: str, kind: str, base: type[T], name: str, options: dict[str, A
         raise
     except TypeError as exc:
         raise ConfigError(f"options for {kind} {name!r}: {exc}") from None
+
+
+def check_plugins(config: AppConfig) -> None:
+    """Raise ConfigError unless `llm.backend` and `tts.engine` name installed plugins.
+
+    Names only: nothing is imported, so this is instant (`config check`, and `serve` before it binds)."""
+    from agent_runtime.llm.registry import available_backends
+    from agent_runtime.tts.registry import available_engines
+
+    for key, name, installed in (
+        ("llm.backend", config.llm.backend, available_backends()),
+        ("tts.engine", config.tts.engine, available_engines()),
+    ):
+        if name not in installed:
+            known = ", ".join(sorted(installed)) or "none"
+            raise ConfigError(f"unknown {key} {name!r} (installed: {known})")

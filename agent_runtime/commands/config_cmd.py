@@ -9,7 +9,7 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("config", help="validate a config file or list every config key")
     csub = p.add_subparsers(dest="config_command", metavar="ACTION")
-    c = csub.add_parser("check", help="validate a YAML config; prints 'ok' or a one-line error")
+    c = csub.add_parser("check", help="validate a YAML config (keys, values, installed plugin names); prints 'ok' or a one-line error")
     c.add_argument("file", type=Path)
     c.set_defaults(func=_check)
     k = csub.add_parser("keys", help="every key with its default and meaning")
@@ -20,8 +20,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     from agent_runtime.config import load_config
+    from agent_runtime.errors import ConfigError
+    from agent_runtime.plugins import check_plugins
 
-    load_config(args.file)
+    config = load_config(args.file)
+    try:
+        check_plugins(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{args.file}: {exc}") from None
     print(f"{args.file}: ok")
     return 0
 

@@ -61,26 +61,26 @@ def _run(args: argparse.Namespace) -> int:
 
 async def serve(config, *, instant: bool = False, ready: asyncio.Event | None = None) -> int:
     """Run the server until SIGINT/SIGTERM, then drain and stop."""
-    from aiohttp import web
-
     from agent_runtime.server.app import CallServer
+    from agent_runtime.server.slowloris import start_http
 
     if instant:
         load = instant_engines
     else:
         from agent_runtime.engines import build_engines
+        from agent_runtime.plugins import check_plugins
+
+        check_plugins(config)  # an unknown plugin name is an error now, not a server never ready
+        loop = asyncio.get_running_loop()
 
         def load():
-            return build_engines(config)
+            return build_engines(config, warm_loop=loop)  # /readyz turns 200 once the engines are warm
 
     server = CallServer(config, load)
-    runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
-    await runner.setup()
     s = config.server
-    site = web.TCPSite(runner, s.host, s.port)
-    await site.start()
+    runner = await start_http(server.app, s.host, s.port, header_timeout_s=s.header_timeout_s)
     port = runner.addresses[0][1] if runner.addresses else s.port
-    auth = "bearer token required" if server.token else "no auth (loopback)"
+    auth = banner_auth(server.token is not None, s.host)
     print(f"agent-runtime serve: http://{s.host}:{port}/  ({auth}; engines loading, see /readyz)", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -96,6 +96,18 @@ async def serve(config, *, instant: bool = False, ready: asyncio.Event | None = 
         with _suppress():
             await server.engines.llm.aclose()
     return 0
+
+
+def banner_auth(token_required: bool, host: str) -> str:
+    """How the start-up banner describes auth (and a warning when a public bind has none)."""
+    from agent_runtime.server.security import is_loopback_host
+
+    if token_required:
+        return "bearer token required"
+    if is_loopback_host(host):
+        return "no auth (loopback)"
+    log.warning("server.auth is off and the server binds to %s: anyone who can reach it can call", host)
+    return "no auth: server.auth is off"
 
 
 def _suppress():

@@ -123,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
     text = sys.stdin.read() if args.text == "-" else args.text
     if not text.strip():
         raise AgentRuntimeError("nothing to speak: the text is empty")
+    if args.output.is_dir():
+        raise ConfigError(f"-o {args.output}: is a directory; give a .wav file name")
     engine, options = engine_choice(args)
     started = time.perf_counter()
     synth = create_synthesizer(engine, options)

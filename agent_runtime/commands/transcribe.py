@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from agent_runtime.errors import ConfigError
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -29,10 +31,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse numeric flags out of range with one line (before the audio or the model is loaded)."""
+    if args.beam_size < 1:
+        raise ConfigError(f"--beam-size {args.beam_size}: must be >= 1 (1 = greedy)")
+    if args.threads < 0:
+        raise ConfigError(f"--threads {args.threads}: must be >= 0 (0 = the default)")
+    if args.repeat < 1:
+        raise ConfigError(f"--repeat {args.repeat}: must be >= 1")
+
+
 def run(args: argparse.Namespace) -> int:
     from agent_runtime.asr.whisper import WhisperRecognizer
     from agent_runtime.audio import read_audio
 
+    check_args(args)
     audio, rate = read_audio(args.file, target_rate=WhisperRecognizer.sample_rate)  # fails fast, before loading
     language = None if args.language == "auto" else (args.language or "en")
     recognizer = WhisperRecognizer(

@@ -91,6 +91,8 @@ class OpenAICompatBackend(LLMBackend):
             while chunk is not None:
                 for choice in chunk.choices[:1]:
                     text = choice.delta.content if choice.delta else None
+                    if text and not isinstance(text, str):
+                        raise TypeError(f"delta content is {type(text).__name__}, not text")
                     if text:
                         yield text
                 chunk = await anext(chunks, None)
@@ -104,6 +106,8 @@ class OpenAICompatBackend(LLMBackend):
             raise BackendError(f"LLM server {self.where} returned HTTP {exc.status_code}: {_one_line(exc.message)}") from exc
         except openai.OpenAIError as exc:
             raise BackendError(f"LLM server {self.where} failed: {_one_line(str(exc))}") from exc
+        except (ValueError, TypeError, AttributeError) as exc:  # an SSE line that is not JSON / not a chunk
+            raise BackendError(f"LLM server {self.where} sent a malformed stream: {_one_line(str(exc))}") from exc
         finally:
             if stream is not None:
                 await stream.close()
