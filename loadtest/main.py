@@ -35,6 +35,8 @@ def runtime_config(out: Path, base: Path | None, max_calls: int, llm_url: str | 
         raw = yaml.safe_load(base.read_text()) or {}
     server = dict(raw.get("server") or {})
     server["max_sessions"] = max(int(server.get("max_sessions", 8)), max_calls + 2)
+    # every simulated caller comes from 127.0.0.1: a ramp step sets up many calls from one address at once
+    server["max_pending_per_client"] = max(int(server.get("max_pending_per_client", 4)), max_calls + 2)
     raw["server"] = server
     if llm_url is not None:
         llm = dict(raw.get("llm") or {})
@@ -140,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
         for name in ("aioice", "aiortc"):  # one INFO line per ICE check otherwise
             logging.getLogger(name).setLevel(logging.WARNING)
     try:
+        if args.scenario is None:
+            raise ScenarioError("--scenario FILE is required (configs/scenarios/)")
+        if getattr(args, "duration", None) is not None:
+            raise ScenarioError("--duration applies to `loadtest chaos` only")
         if args.url and (args.start_server or args.compare_pipecat):
             raise ScenarioError("give either --url or --start-server/--compare-pipecat, not both")
         scenario = load_scenario(args.scenario)

@@ -16,9 +16,15 @@ examples:
   agent-runtime loadtest --url http://127.0.0.1:8080 --server-pid $(pgrep -f 'agent-runtime serve') \\
       --scenario configs/scenarios/ramp.yaml --slo configs/slo/default.yaml --out out/ramp
   agent-runtime loadtest --compare-pipecat --scenario configs/scenarios/compare.yaml --out out/compare
+  agent-runtime loadtest chaos --start-server --instant-engines --duration 60 --out out/chaos
 
 exit status: 0 the SLO holds, 1 it does not, 2 harness error (bad file, non-loopback URL, server
 that would not start). Only loopback targets (127.0.0.0/8, ::1, localhost) are accepted.
+
+`loadtest chaos` (docs/reliability.md): legit calls while attackers abuse the server (squatted slots,
+silent peers, malformed phone streams, hostile HTTP, slowloris, callers that vanish, an LLM that stalls
+or sends garbage); exit 0 only if no legit call was lost, every slot came back, no traceback, the server
+stayed up and its RSS growth stayed bounded (1 otherwise, 2 harness error).
 """
 
 
@@ -37,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("mode", nargs="?", choices=["chaos"], default=None,
+                   help="chaos: the abuse campaign (needs --start-server; --scenario defaults to "
+                        "configs/scenarios/chaos/default.yaml)")
     target = p.add_argument_group("target (one of)")
     target.add_argument("--url", help="base URL of a running `agent-runtime serve` (loopback only)")
     target.add_argument("--start-server", action="store_true",
@@ -44,7 +53,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--compare-pipecat", action="store_true",
                         help="side by side: start llm-serve, run against agent-runtime (real engines) and then "
                              "against a Pipecat bot on the same engines (needs loadtest/peers/setup_pipecat.sh)")
-    p.add_argument("--scenario", type=Path, required=True, metavar="FILE", help="scenario YAML (configs/scenarios/)")
+    p.add_argument("--scenario", type=Path, default=None, metavar="FILE",
+                   help="scenario YAML (configs/scenarios/); required except for chaos")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="chaos: how long attacks and legit calls run (overrides the file's duration_s)")
     p.add_argument("--slo", type=Path, default=None, metavar="FILE",
                    help="SLO YAML (configs/slo/default.yaml); default: only dropped/failed calls are checked")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="where report.json and report.html go")
@@ -59,6 +71,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.mode == "chaos":
+        from loadtest.chaos.main import run as chaos
+
+        return chaos(args)
     from loadtest.main import run
 
     return run(args)
