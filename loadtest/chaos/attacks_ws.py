@@ -229,6 +229,10 @@ class _AddrTwilioLeg(TokenTwilioLeg):
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._ws is not None:  # release the (now dead) connection so the client does not leak it
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1.0):
+                    await self._ws.close()
         await self._close_http()
 
 

@@ -64,7 +64,16 @@ class FaultLLM(_Strict):
 
 class Bounds(_Strict):
     recover_s: float = Field(20.0, gt=0, le=300, description="after the run, slots must be free within this")
-    max_rss_growth_mb: float = Field(80.0, gt=0, description="server RSS growth allowed over the run")
+    max_rss_growth_mb: float = Field(
+        250.0, gt=0,
+        description="server RSS growth allowed over the whole run: engines grow their buffers to the largest "
+        "input they see (bounded by tts.max_segment_chars, llm.max_reply_chars), then level off",
+    )
+    max_rss_late_growth_mb: float = Field(
+        40.0, gt=0,
+        description="server RSS growth allowed over the run's second half, when every attack and LLM fault "
+        "has run at least once: a leak keeps climbing there",
+    )
     reap_margin_s: float = Field(6.0, ge=0, le=120, description="slack on top of a timeout before a peer counts as not reaped")
 
 

@@ -68,6 +68,10 @@ def _llm_row(llm: dict[str, Any], inter_token_s: float, patience_s: float, max_r
     }
 
 
+def _signed(mb: float | None) -> str:
+    return "?" if mb is None else f"{mb:+.1f}"
+
+
 def build(raw: dict[str, Any], plan: Any, mode: str) -> dict[str, Any]:
     """The report document, with `checks` and `verdict`."""
     cfg = raw["config"]
@@ -78,6 +82,8 @@ def build(raw: dict[str, Any], plan: Any, mode: str) -> dict[str, Any]:
     growth = None if rss["before"] is None or rss["after"] is None else round(rss["after"] - rss["before"], 1)
     series = rss.get("samples") or []
     mid = series[len(series) // 2][1] if series else None  # levelling off vs still climbing
+    late = None if mid is None or rss["after"] is None else round(rss["after"] - mid, 1)
+    b = plan.bounds
     rec = raw["recovery"]
     h = raw["health"]
     checks = {
@@ -91,9 +97,11 @@ def build(raw: dict[str, Any], plan: Any, mode: str) -> dict[str, Any]:
                              "detail": f"/healthz {h['ok']} ok, {h['failed']} failed; process "
                                        f"{'alive' if h['alive'] else 'EXITED'}"},
         "no_tracebacks": {"ok": not raw["tracebacks"], "detail": f"{len(raw['tracebacks'])} in {raw['stderr']}"},
-        "rss_growth_bounded": {"ok": growth is not None and growth <= plan.bounds.max_rss_growth_mb,
-                               "detail": f"{rss['before']} -> {rss['after']} MB (mid-run {mid}) "
-                                         f"({'+' if (growth or 0) >= 0 else ''}{growth} MB, bound {plan.bounds.max_rss_growth_mb:g})"},
+        "rss_growth_bounded": {
+            "ok": growth is not None and growth <= b.max_rss_growth_mb
+            and late is not None and late <= b.max_rss_late_growth_mb,
+            "detail": f"{rss['before']} -> {rss['after']} MB: {_signed(growth)} MB (bound {b.max_rss_growth_mb:g}); "
+                      f"second half {mid} -> {rss['after']} MB: {_signed(late)} MB (bound {b.max_rss_late_growth_mb:g})"},
         "attacks_as_expected": {"ok": all(a["ok"] for a in attacks.values()),
                                 "detail": ", ".join(f"{k} {a['passed']}/{a['executed']}" for k, a in attacks.items())},
         "llm_faults_handled": {"ok": llm["ok"], "detail": "; ".join(llm["problems"]) or

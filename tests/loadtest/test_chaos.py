@@ -90,7 +90,7 @@ def _raw() -> dict[str, Any]:
         "llm": {"counts": {"normal": 1, "stall": 1, "long": 1}, "requests": reqs, "stall_cap_s": 20, "long_chars": 20000},
         "recovery": {"recovered": True, "waited_s": 0.5, "last": {"sessions": 0, "pending": 0, "pending_metric": 0}},
         "health": {"ok": 40, "failed": 0, "failures": [], "alive": True},
-        "rss_mb": {"before": 150.0, "after": 160.0},
+        "rss_mb": {"before": 150.0, "after": 160.0, "samples": [[1.0, 150.0], [2.0, 158.0], [3.0, 160.0]]},
         "tracebacks": [], "stderr": "server-stderr.log",
     }
 
@@ -112,7 +112,8 @@ def _breaks(raw: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
     ("health.failed", 1, "server_stayed_up"),
     ("health.alive", False, "server_stayed_up"),
     ("tracebacks", ["x | RuntimeError: boom"], "no_tracebacks"),
-    ("rss_mb.after", 400.0, "rss_growth_bounded"),
+    ("rss_mb.after", 450.0, "rss_growth_bounded"),  # over the whole-run budget
+    ("rss_mb.samples.1.1", 100.0, "rss_growth_bounded"),  # within budget, but still climbing in the second half
     ("probes.0.ok", False, "attacks_as_expected"),
     ("probes", [], "attacks_as_expected"),
     ("llm.requests.1.left_after_s", 9.0, "llm_faults_handled"),  # a stall the runtime did not cut
