@@ -9,8 +9,8 @@ import time
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from loadtest.chaos.attacks_ws import SILENT_ADDR, Ctx, client
-from loadtest.chaos.legit import TokenWebRTCLeg, wait_audio
+from loadtest.chaos.attacks_ws import SILENT_ADDR, Ctx, client, reply_then_vanish
+from loadtest.chaos.legit import TokenWebRTCLeg
 
 
 async def _offer(ctx: Ctx, pc: RTCPeerConnection, addr: str) -> tuple[int, dict]:
@@ -110,12 +110,6 @@ async def killed_webrtc_call(ctx: Ctx) -> None:
         await leg.hang_up()
         return
     try:
-        await asyncio.sleep(0.3)
-        _s, end = await leg.say(ctx.speech)
-        onset = await wait_audio(leg, end, ctx.reply_wait_s)
-        if onset is not None:
-            await asyncio.sleep(0.3)
-        ctx.log.add("killed_callers", "webrtc_close_mid_reply",
-                    "closed mid-reply" if onset is not None else "no reply to drop in", onset is not None)
+        await reply_then_vanish(ctx, leg, "webrtc_close_mid_reply", "closed mid-reply")
     finally:
         await leg.hang_up()  # pc.close(): no goodbye on the data channel, the media just stops

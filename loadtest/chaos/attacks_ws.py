@@ -206,18 +206,8 @@ class _AddrTwilioLeg(TokenTwilioLeg):
         super().__init__(token)
         self.addr = addr
 
-    async def connect(self, base_url: str, timeout: float) -> None:
-        url = base_url.replace("http://", "ws://", 1) + "/twilio"
-        self._http = client(self.addr, self.token)
-        try:
-            async with asyncio.timeout(timeout):
-                self._ws = await self._http.ws_connect(url, max_msg_size=1 << 20, heartbeat=None)
-                await self._send({"event": "connected", "protocol": "Call", "version": "1.0.0"})
-                await self._send(start_message(self.sid, self.token))
-        except Exception as exc:
-            await self._close_http()
-            raise CallFailed(f"phone WebSocket: {type(exc).__name__}: {exc}"[:300]) from None
-        self._tasks = [asyncio.create_task(self._mic()), asyncio.create_task(self._read())]
+    def new_http(self) -> aiohttp.ClientSession:
+        return client(self.addr, self.token)
 
     async def drop(self) -> None:
         """Vanish: shut the TCP connection down without a WebSocket close or a Twilio `stop`."""
@@ -236,6 +226,17 @@ class _AddrTwilioLeg(TokenTwilioLeg):
         await self._close_http()
 
 
+async def reply_then_vanish(ctx: Ctx, leg: Any, name: str, outcome: str) -> None:
+    """Ask the question and let the agent's reply play 300 ms; the caller then vanishes (the caller's
+    `finally`), and the attempt counts if there was a reply to vanish in."""
+    await asyncio.sleep(0.3)
+    _s, end = await leg.say(ctx.speech)
+    onset = await wait_audio(leg, end, ctx.reply_wait_s)
+    if onset is not None:
+        await asyncio.sleep(0.3)
+    ctx.log.add("killed_callers", name, outcome if onset is not None else "no reply to drop in", onset is not None)
+
+
 async def killed_twilio_call(ctx: Ctx) -> None:
     """A real phone call that drops its connection 300 ms into the agent's reply."""
     leg = _AddrTwilioLeg(ctx.token, KILLED_ADDR)
@@ -245,13 +246,6 @@ async def killed_twilio_call(ctx: Ctx) -> None:
         ctx.log.add("killed_callers", "twilio_drop_mid_reply", "refused", False, str(exc))
         return
     try:
-        await asyncio.sleep(0.3)
-        _s, end = await leg.say(ctx.speech)
-        onset = await wait_audio(leg, end, ctx.reply_wait_s)
-        if onset is not None:
-            await asyncio.sleep(0.3)
-        await leg.drop()
-        ctx.log.add("killed_callers", "twilio_drop_mid_reply",
-                    "dropped mid-reply" if onset is not None else "no reply to drop in", onset is not None)
+        await reply_then_vanish(ctx, leg, "twilio_drop_mid_reply", "dropped mid-reply")
     finally:
         await leg.drop()

@@ -51,9 +51,13 @@ class TokenTwilioLeg(TwilioLeg):
         super().__init__()
         self.token = token
 
+    def new_http(self) -> aiohttp.ClientSession:
+        """The HTTP client the call's WebSocket goes through (carries the bearer token)."""
+        return aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"})
+
     async def connect(self, base_url: str, timeout: float) -> None:
         url = base_url.replace("http://", "ws://", 1) + "/twilio"
-        self._http = aiohttp.ClientSession(headers={"Authorization": f"Bearer {self.token}"})
+        self._http = self.new_http()
         try:
             async with asyncio.timeout(timeout):
                 self._ws = await self._http.ws_connect(url, max_msg_size=1 << 20, heartbeat=None)

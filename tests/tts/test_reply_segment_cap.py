@@ -3,43 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
-import numpy as np
-
-from agent_runtime.bench.instant import InstantLLM, InstantRecognizer, InstantSynthesizer
+from agent_runtime.bench.instant import InstantLLM, InstantRecognizer
 from agent_runtime.demo.caller import SimulatedCaller
 from agent_runtime.transport.loopback import LoopbackTransport
-from agent_runtime.tts.base import UtteranceSynth
 from agent_runtime.turn.session import Engines, Session
 from tests.tts.test_segment_cap import unpunctuated
-from tests.turn.conftest import fast_config
-
-
-class _Recording(UtteranceSynth):
-    def __init__(self, inner: UtteranceSynth, spoken: list[str]) -> None:
-        self.inner = inner
-        self.spoken = spoken
-
-    def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        self.spoken.append(text)
-        yield from self.inner.synthesize(text)
-
-
-class _RecordingSynth(InstantSynthesizer):
-    """A short tone per segment, and the segments' texts in `spoken`."""
-
-    def __init__(self) -> None:
-        super().__init__(sample_rate=16_000, seconds_per_char=0.001)
-        self.spoken: list[str] = []
-
-    def open_utterance(self) -> UtteranceSynth:
-        return _Recording(super().open_utterance(), self.spoken)
+from tests.turn.conftest import RecordingSynth, fast_config
 
 
 def test_a_long_unpunctuated_reply_reaches_the_engine_in_capped_segments(say) -> None:
     reply = unpunctuated(600)
-    synth = _RecordingSynth()
+    synth = RecordingSynth(sample_rate=16_000, seconds_per_char=0.001)
     engines = Engines(InstantRecognizer(), InstantLLM(reply), synth)
     config = fast_config(tts={"max_segment_chars": 60})
 

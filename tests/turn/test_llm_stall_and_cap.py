@@ -6,18 +6,17 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
-from agent_runtime.bench.instant import InstantRecognizer, InstantSynthesizer
+from agent_runtime.bench.instant import InstantRecognizer
 from agent_runtime.config import CallerTurn
 from agent_runtime.demo.run import CallerLine, run_call
 from agent_runtime.errors import BackendError
 from agent_runtime.llm.base import ChatMessage, GenerationOptions, LLMBackend
-from agent_runtime.tts.base import UtteranceSynth
 from agent_runtime.turn.session import Engines
-from tests.turn.conftest import fast_config
+from tests.turn.conftest import RecordingSynth, fast_config
 
 SENTENCE = "We open at nine tomorrow morning."
 
@@ -103,33 +102,9 @@ class _EndlessLLM(LLMBackend):
             self.closed = True
 
 
-class _RecordingUtterance(UtteranceSynth):
-    def __init__(self, inner: UtteranceSynth, spoken: list[str]) -> None:
-        self.inner = inner
-        self.spoken = spoken
-
-    def synthesize(self, text: str) -> Iterator[np.ndarray]:
-        self.spoken.append(text)
-        yield from self.inner.synthesize(text)
-
-    def cancel(self) -> None:
-        self.inner.cancel()
-
-
-class _RecordingSynth(InstantSynthesizer):
-    """A short tone per segment; remembers each segment's text."""
-
-    def __init__(self) -> None:
-        super().__init__(seconds_per_char=0.005)
-        self.spoken: list[str] = []
-
-    def open_utterance(self) -> UtteranceSynth:
-        return _RecordingUtterance(super().open_utterance(), self.spoken)
-
-
 def test_reply_cap_stops_the_llm_and_speaks_only_whole_words_within_it(say) -> None:
     llm = _EndlessLLM()
-    synth = _RecordingSynth()
+    synth = RecordingSynth(seconds_per_char=0.005)
     engines = Engines(InstantRecognizer(), llm, synth)
     config = fast_config(llm={"max_reply_chars": 100}, demo={"max_reply_wait_s": 15.0})
     result = asyncio.run(run_call(config, engines, _two_turns(say)))
@@ -165,7 +140,7 @@ class _BreakingLLM(LLMBackend):
 
 
 def test_llm_failing_after_its_first_words_ends_with_the_stall_line(say) -> None:
-    synth = _RecordingSynth()
+    synth = RecordingSynth(seconds_per_char=0.005)
     engines = Engines(InstantRecognizer(), _BreakingLLM(), synth)
     config = fast_config(llm={"first_token_timeout_s": 1.0}, demo={"max_reply_wait_s": 15.0})
     result = asyncio.run(run_call(config, engines, _two_turns(say)))
