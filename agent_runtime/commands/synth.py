@@ -133,7 +133,9 @@ def run(args: argparse.Namespace) -> int:
         synth.warmup()
     print(f"{engine}: loaded in {load_s:.2f} s, {synth.sample_rate} Hz", file=sys.stderr)
     try:
-        audio, first_s, total_s = asyncio.run(_speak(synth, text, args.stream, args.word_delay_ms / 1000))
+        audio, first_s, total_s = asyncio.run(
+            _speak(synth, text, args.stream, args.word_delay_ms / 1000, max_segment_chars(args))
+        )
     finally:
         synth.close()
     if audio.size == 0:
@@ -150,13 +152,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _speak(synth: Any, text: str, show: bool, word_delay: float) -> tuple[Any, float, float]:
+def max_segment_chars(args: argparse.Namespace) -> int:
+    """`tts.max_segment_chars` of `--config` (or the default): the longest segment, as in a call."""
+    from agent_runtime.config import load_config
+
+    return load_config(getattr(args, "config", None)).tts.max_segment_chars
+
+
+async def _speak(
+    synth: Any, text: str, show: bool, word_delay: float, max_segment: int
+) -> tuple[Any, float, float]:
     """Push the text, collect the chunks; returns (int16 audio, first-chunk time, total time)."""
     import asyncio
 
     import numpy as np
 
-    stream = synth.open_stream()
+    stream = synth.open_stream(max_segment_chars=max_segment)
     start = time.monotonic()
 
     async def feed() -> None:

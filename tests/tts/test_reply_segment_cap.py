@@ -37,3 +37,15 @@ def test_a_long_unpunctuated_reply_reaches_the_engine_in_capped_segments(say) ->
     assert len(synth.spoken) >= 10
     assert all(len(s) <= 60 for s in synth.spoken)
     assert " ".join(synth.spoken) == reply
+
+
+def test_synth_command_caps_segments_like_a_call(tmp_path) -> None:
+    """`agent-runtime synth` takes tts.max_segment_chars from --config (else the default), as serve does."""
+    import argparse
+
+    from agent_runtime.commands.synth import max_segment_chars
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("tts:\n  max_segment_chars: 40\n")
+    assert max_segment_chars(argparse.Namespace(config=cfg)) == 40
+    assert max_segment_chars(argparse.Namespace(config=None)) == fast_config().tts.max_segment_chars
