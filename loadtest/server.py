@@ -56,12 +56,20 @@ class Proc:
             await self.proc.wait()
 
 
-async def start(name: str, argv: list[str], ready_path: str, timeout: float, env: dict | None = None) -> Proc:
-    """Run `argv`, read `http://127.0.0.1:PORT` from its stdout, wait until GET `ready_path` is 200."""
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-        env={**os.environ, "AGENT_RUNTIME_TOKEN": "", **(env or {})}, start_new_session=True,
-    )
+async def start(name: str, argv: list[str], ready_path: str, timeout: float, env: dict | None = None,
+                stderr_path: Path | None = None) -> Proc:
+    """Run `argv`, read `http://127.0.0.1:PORT` from its stdout, wait until GET `ready_path` is 200.
+    With `stderr_path`, the process's stderr goes to that file (and errors point to it)."""
+    err = stderr_path.open("wb") if stderr_path is not None else asyncio.subprocess.DEVNULL
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=err,
+            env={**os.environ, "AGENT_RUNTIME_TOKEN": "", **(env or {})}, start_new_session=True,
+        )
+    finally:
+        if stderr_path is not None:
+            err.close()  # the child holds its own copy
+    see = f" (see {stderr_path})" if stderr_path is not None else ""
     p = Proc(name, "", proc)
     try:
         async with asyncio.timeout(timeout):
@@ -69,7 +77,7 @@ async def start(name: str, argv: list[str], ready_path: str, timeout: float, env
             while not p.url:
                 line = (await proc.stdout.readline()).decode(errors="replace")
                 if not line:
-                    raise ServerStartError(f"{name} exited with {await proc.wait()} before printing its URL")
+                    raise ServerStartError(f"{name} exited with {await proc.wait()} before printing its URL{see}")
                 m = re.search(r"http://127\.0\.0\.1:\d+", line)
                 if m:
                     p.url = m.group(0)
@@ -77,7 +85,7 @@ async def start(name: str, argv: list[str], ready_path: str, timeout: float, env
             async with aiohttp.ClientSession() as http:
                 while True:
                     if proc.returncode is not None:
-                        raise ServerStartError(f"{name} exited with {proc.returncode} while starting")
+                        raise ServerStartError(f"{name} exited with {proc.returncode} while starting{see}")
                     with contextlib.suppress(aiohttp.ClientError):
                         async with http.get(p.url + ready_path) as r:
                             if r.status == 200:
@@ -85,7 +93,7 @@ async def start(name: str, argv: list[str], ready_path: str, timeout: float, env
                     await asyncio.sleep(0.2)
     except TimeoutError:
         await p.stop(2)
-        raise ServerStartError(f"{name} not ready within {timeout:.0f} s") from None
+        raise ServerStartError(f"{name} not ready within {timeout:.0f} s{see}") from None
     except BaseException:
         await p.stop(2)
         raise

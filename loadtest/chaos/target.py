@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -18,7 +16,7 @@ import yaml
 
 from loadtest.chaos.plan import ChaosPlan
 from loadtest.monitor import parse_prometheus
-from loadtest.server import REPO, Proc, ServerStartError, free_port
+from loadtest.server import Proc, free_port, start
 
 TOKEN_ENV = "AGENT_RUNTIME_TOKEN"
 
@@ -92,42 +90,8 @@ async def start_target(plan: ChaosPlan, config: Path, token: str, out: Path, *, 
     else:
         argv = [sys.executable, "-m", "agent_runtime.cli", "serve", *common]
     stderr_path = out / "server-stderr.log"
-    err = stderr_path.open("wb")
-    proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=err,
-        env={**os.environ, TOKEN_ENV: token}, start_new_session=True,
-    )
-    err.close()  # the child holds its own copy
-    p = Proc("agent-runtime serve", "", proc)
-    try:
-        async with asyncio.timeout(timeout):
-            assert proc.stdout is not None
-            while not p.url:
-                line = (await proc.stdout.readline()).decode(errors="replace")
-                if not line:
-                    raise ServerStartError(f"server exited with {await proc.wait()} before printing its URL "
-                                           f"(see {stderr_path})")
-                m = re.search(r"http://127\.0\.0\.1:\d+", line)
-                if m:
-                    p.url = m.group(0)
-            p.drain = asyncio.create_task(_drain(proc.stdout))
-            while (await ready(p.url)) is None:
-                if proc.returncode is not None:
-                    raise ServerStartError(f"server exited with {proc.returncode} while starting (see {stderr_path})")
-                await asyncio.sleep(0.2)
-    except TimeoutError:
-        await p.stop(2)
-        raise ServerStartError(f"server not ready within {timeout:.0f} s (see {stderr_path})") from None
-    except BaseException:
-        await p.stop(2)
-        raise
+    p = await start("agent-runtime serve", argv, "/readyz", timeout, env={TOKEN_ENV: token}, stderr_path=stderr_path)
     return Target(p, stderr_path, config)
-
-
-async def _drain(stream: asyncio.StreamReader) -> None:
-    with contextlib.suppress(Exception):
-        while await stream.readline():
-            pass
 
 
 async def _get(url: str, timeout: float) -> tuple[int, str] | None:
