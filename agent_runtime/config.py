@@ -205,6 +205,61 @@ class ServerConfig(_Strict):
     shutdown_grace_s: float = Field(10.0, ge=0, description="on shutdown, calls in progress get this long to finish")
 
 
+class TTSServerConfig(_Strict):
+    """`agent-runtime tts-serve`: the `tts:` engine as a speech service for other machines."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted `auth: on` / `off` as a boolean: take it as meant."""
+        if isinstance(data, dict) and isinstance(data.get("auth"), bool):
+            data = {**data, "auth": "on" if data["auth"] else "off"}
+        return data
+
+    host: str = Field("127.0.0.1", description="address `agent-runtime tts-serve` binds to")
+    port: int = Field(8081, ge=0, le=65535, description="TCP port of the speech service (0 = any free port)")
+    auth: Literal["auto", "on", "off"] = Field(
+        "auto", description="bearer-token auth on the speech routes; auto = on unless bound to loopback"
+    )
+    auth_token_env: str = Field(
+        "AGENT_RUNTIME_TTS_TOKEN", description="environment variable holding the service's bearer token"
+    )
+    max_streams: int = Field(
+        32, ge=1, description="speech streams synthesised at once (HTTP requests and WebSocket streams); more get busy"
+    )
+    max_connections: int = Field(
+        256, ge=1, description="open WebSocket connections (idle ones included); more are refused with 503"
+    )
+    max_body_bytes: int = Field(65_536, ge=1024, description="largest accepted request body / WebSocket message")
+    max_input_chars: int = Field(
+        4_000, ge=1, description="longest `input` of one /v1/audio/speech request, in characters"
+    )
+    max_stream_chars: int = Field(
+        20_000, ge=1, description="most text one WebSocket stream may push before its flush"
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0,
+        description="a WebSocket with no stream, or a stream that gets no text, flush or cancel, for this long is closed",
+    )
+    reference_dir: str | None = Field(
+        None,
+        description="directory that request `references[].audio_path` / `ref_audio` paths may name "
+        "(null = file paths refused; inline base64 audio and vq_codes always accepted)",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host header values accepted besides the bind address (a loopback bind accepts only "
+        "localhost, 127.0.0.1 and [::1] otherwise: DNS rebinding)",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a connection must send its complete request headers within this (slowloris)"
+    )
+    max_json_depth: int = Field(32, ge=2, description="deepest nesting accepted in a JSON request or message")
+    shutdown_grace_s: float = Field(
+        10.0, ge=0, description="on SIGTERM: /readyz turns 503 at once, streams in progress get this long to finish"
+    )
+
+
 class AppConfig(_Strict):
     vad: VADConfig = VADConfig()
     turn: TurnConfig = TurnConfig()
@@ -213,6 +268,7 @@ class AppConfig(_Strict):
     tts: TTSConfig = TTSConfig()
     demo: DemoConfig = DemoConfig()
     server: ServerConfig = ServerConfig()
+    tts_server: TTSServerConfig = TTSServerConfig()
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> AppConfig:

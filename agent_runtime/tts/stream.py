@@ -20,7 +20,14 @@ from dataclasses import replace
 import numpy as np
 
 from agent_runtime.audio.frame import float_to_pcm16
-from agent_runtime.tts.base import AsyncUtteranceSynth, SynthesisStream, Synthesizer, TTSChunk, UtteranceSynth
+from agent_runtime.tts.base import (
+    AsyncUtteranceSynth,
+    SpeechOptions,
+    SynthesisStream,
+    Synthesizer,
+    TTSChunk,
+    UtteranceSynth,
+)
 from agent_runtime.tts.chunker import ChunkerConfig, TextChunker
 
 _END = object()
@@ -36,10 +43,24 @@ class ChunkedSynthesizer(Synthesizer):
     def open_utterance(self) -> UtteranceSynth:
         """Per-reply engine state (called on the event loop; must be cheap)."""
 
+    def open_utterance_for(self, options: SpeechOptions) -> UtteranceSynth:
+        """Per-reply engine state with per-stream `options` (called on the event loop; cheap).
+
+        The default honours no option: it refuses any set field (`UnsupportedSpeechOption`) and
+        otherwise opens a plain `open_utterance()`. Engines that support options override it.
+        """
+        options.refuse_unsupported(frozenset(), self.name)
+        return self.open_utterance()
+
     def open_stream(
-        self, chunking: ChunkerConfig | None = None, *, max_segment_chars: int | None = None
+        self,
+        chunking: ChunkerConfig | None = None,
+        *,
+        max_segment_chars: int | None = None,
+        options: SpeechOptions | None = None,
     ) -> SynthesisStream:
-        return StreamingSynthesisStream(self, self.chunker(chunking, max_segment_chars))
+        utterance = self.open_utterance_for(options) if options is not None else None
+        return StreamingSynthesisStream(self, self.chunker(chunking, max_segment_chars), utterance)
 
     def chunker(self, chunking: ChunkerConfig | None = None, max_segment_chars: int | None = None) -> TextChunker:
         """The engine's chunker for one reply: `chunking` (default the engine's config), its
@@ -53,9 +74,14 @@ class ChunkedSynthesizer(Synthesizer):
 class StreamingSynthesisStream(SynthesisStream):
     """Segments queue -> worker thread -> chunk queue, with prompt cancellation."""
 
-    def __init__(self, synth: ChunkedSynthesizer, chunker: TextChunker) -> None:
+    def __init__(
+        self, synth: ChunkedSynthesizer, chunker: TextChunker, utterance: UtteranceSynth | None = None
+    ) -> None:
+        """`utterance`: opened already (with per-stream options); None: `synth.open_utterance()`
+        when the first segment is ready."""
         self._synth = synth
         self._chunker = chunker
+        self._opened = utterance
         self._segments: asyncio.Queue[str | object] = asyncio.Queue()
         self._chunks: asyncio.Queue[TTSChunk | BaseException | object] = asyncio.Queue()
         self._cancelled = threading.Event()
@@ -100,13 +126,17 @@ class StreamingSynthesisStream(SynthesisStream):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        elif self._task is None and self._opened is not None:  # opened with options, never ran
+            self._opened.cancel()
+            await asyncio.to_thread(self._opened.close)
+            self._opened = None
         self._chunks.put_nowait(_END)
 
     # -- worker -----------------------------------------------------------------------------
     async def _run(self) -> None:
         segment_id = 0
         try:
-            self._utterance = self._synth.open_utterance()
+            self._utterance = self._opened if self._opened is not None else self._synth.open_utterance()
             while not self._cancelled.is_set():
                 item = await self._segments.get()
                 if item is _END:
