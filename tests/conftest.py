@@ -1,4 +1,4 @@
-"""Shared test fixtures: paths to the repository and to ../shared material."""
+"""Shared test fixtures: paths to the repository and its test data."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = REPO_ROOT.parent / "shared"
-S2PRO_FIXTURES = SHARED_DIR / "fixtures" / "s2pro"
+S2PRO_FIXTURES = REPO_ROOT / "tests" / "fixtures" / "s2pro"
+"""The tiny S2-Pro checkpoint, codec and expected outputs (a copy of ../shared/fixtures/s2pro, so a
+clean clone tests S2-Pro)."""
 
 
 @pytest.fixture(scope="session")
 def s2pro_fixtures() -> Path:
-    if not S2PRO_FIXTURES.is_dir():
-        pytest.skip(f"S2-Pro fixtures not found at {S2PRO_FIXTURES}")
+    assert S2PRO_FIXTURES.is_dir(), f"S2-Pro fixtures missing from the repository: {S2PRO_FIXTURES}"
     return S2PRO_FIXTURES
 
 

@@ -45,7 +45,7 @@ def test_output_path_os_errors_are_one_line(tmp_path: Path) -> None:
     blocker.write_text("x")
     codes = tmp_path / "c.npy"
     np.save(codes, np.zeros((4, 2), np.int64))
-    fx = REPO_ROOT.parent / "shared" / "fixtures" / "s2pro"
+    fx = REPO_ROOT / "tests" / "fixtures" / "s2pro"
     if not (fx / "codec_tiny.pth").is_file():
         pytest.skip("S2-Pro fixtures not found")
     proc = _cli("s2pro", "decode", "--codec", str(fx / "codec_tiny.pth"), "--codec-config", str(fx / "codec_tiny.json"),

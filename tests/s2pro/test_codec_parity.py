@@ -154,7 +154,7 @@ def test_default_config_is_s2pro() -> None:
     assert abs(n - 391.4e6) < 0.1e6  # spec 4.1
     shipped = json.loads(Path(__file__).resolve().parents[2].joinpath(
         "agent_runtime/tts/s2pro/s2pro_codec.json").read_text())
-    fixture = Path(__file__).resolve().parents[3] / "shared/fixtures/s2pro/s2pro_codec.json"
+    fixture = Path(__file__).resolve().parents[1] / "fixtures/s2pro/s2pro_codec.json"
     if fixture.is_file():
         assert shipped == json.loads(fixture.read_text())
 
