@@ -25,13 +25,14 @@ import re
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from agent_runtime.errors import ConfigError, ModelLoadError
-from agent_runtime.tts.base import UtteranceSynth
+from agent_runtime.tts.base import SpeechOptions, UnsupportedSpeechOption, UtteranceSynth
 from agent_runtime.tts.chunker import ChunkerConfig, split_text
 from agent_runtime.tts.stream import ChunkedSynthesizer
 
@@ -54,6 +55,9 @@ _TITLES = {"dr": "Doctor", "mr": "Mister", "mrs": "Missus", "ms": "Miz", "prof":
 _TITLE = re.compile(r"\b(Dr|Mr|Mrs|Ms|Prof)\.(?=\s)", re.IGNORECASE)
 _PHONEMES = re.compile(r"\[\[[^\[\]]*\]\]")  # piper's inline "[[ phonemes ]]", kept whole when splitting
 DEFAULT_MAX_INPUT_CHARS = 300
+# Per-stream `SpeechOptions` piper honours (see `PiperSynthesizer.open_utterance_for`).
+SPEECH_OPTIONS = frozenset({"voice", "speed"})
+MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 
 class PiperSynthesizer(ChunkedSynthesizer):
@@ -135,6 +139,38 @@ class PiperSynthesizer(ChunkedSynthesizer):
     def open_utterance(self) -> UtteranceSynth:
         return PiperUtterance(self)
 
+    def open_utterance_for(self, options: SpeechOptions) -> UtteranceSynth:
+        """An utterance with per-stream `options` (cheap; nothing is shared or changed).
+
+        `voice`: a speaker of a multi-speaker voice, by name (its `speaker_id_map`) or by id
+        ("3"); `speed` (0.25..4, >1 faster): length_scale = 1 / speed. Any other field, a
+        single-speaker voice or an unknown speaker raise `UnsupportedSpeechOption`."""
+        options.refuse_unsupported(SPEECH_OPTIONS, self.name)
+        changes: dict[str, Any] = {}
+        if options.voice is not None:
+            changes["speaker_id"] = self._option_speaker(options.voice)
+        if options.speed is not None:
+            speed = options.speed
+            if isinstance(speed, bool) or not isinstance(speed, int | float) or not MIN_SPEED <= speed <= MAX_SPEED:
+                raise UnsupportedSpeechOption("speed", f"must be a number from {MIN_SPEED:g} to {MAX_SPEED:g}, got {speed!r}")
+            changes["length_scale"] = 1.0 / float(speed)
+        return PiperUtterance(self, replace(self.syn_config, **changes) if changes else None)
+
+    def _option_speaker(self, voice: str) -> int:
+        """The speaker id of `voice` (a speaker name or id) on this multi-speaker voice."""
+        cfg = self.voice.config
+        if int(cfg.num_speakers or 1) <= 1:
+            raise UnsupportedSpeechOption(
+                "voice", f"piper voice {self.model_path.stem} has a single speaker; a voice cannot be chosen per stream"
+            )
+        ids = cfg.speaker_id_map or {}
+        if voice in ids:
+            return int(ids[voice])
+        if isinstance(voice, str) and voice.isdigit() and int(voice) < int(cfg.num_speakers):
+            return int(voice)
+        names = ", ".join(sorted(ids)) if ids else f"ids 0..{int(cfg.num_speakers) - 1}"
+        raise UnsupportedSpeechOption("voice", f"piper voice {self.model_path.stem} has no speaker {voice!r} (has: {names})")
+
     def warmup(self) -> None:
         """One short synthesis: loads espeak-ng data and primes onnxruntime."""
         for _ in PiperUtterance(self).synthesize("Hello there."):
@@ -157,15 +193,17 @@ class PiperSynthesizer(ChunkedSynthesizer):
 class PiperUtterance(UtteranceSynth):
     """One reply: yields one float32 block per sentence of each segment."""
 
-    def __init__(self, engine: PiperSynthesizer) -> None:
+    def __init__(self, engine: PiperSynthesizer, syn_config: Any = None) -> None:
+        """`syn_config`: this reply's piper SynthesisConfig (None: the engine's)."""
         self._engine = engine
+        self._config = syn_config
         self._cancelled = threading.Event()
 
     def synthesize(self, text: str) -> Iterator[np.ndarray]:
         text = clean_text_for_piper(text)
         if not text or self._cancelled.is_set():
             return
-        voice, cfg = self._engine.voice, self._engine.syn_config
+        voice, cfg = self._engine.voice, self._config or self._engine.syn_config
         for piece in split_text(text, self._engine.max_input_chars, _PHONEMES, ("[[",)):
             for phonemes in voice.phonemize(piece):
                 if self._cancelled.is_set():

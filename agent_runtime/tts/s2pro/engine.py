@@ -25,7 +25,12 @@
 * Async: steps run on the engine's single model worker thread (`_StepScheduler`), in rounds.
 * Batched decode (`batch_decode="auto" | "on" | "off"`, auto = on for CUDA only): the decode steps
   of concurrent streams in one round run as one forward of up to `max_batch` rows (batched.py).
-  Numerically equivalent to one stream at a time, not bit-identical, hence off on CPU by default.
+  A B-row GEMM need not give a row the bits of the one-row GEMV: fp32 on CPU differs in the last
+  bits (the codes matched in every run measured), bf16 on CPU is exact only where the CPU's bf16
+  kernels are row-count invariant, CUDA is never bit-exact; hence off on CPU by default
+  (docs/perf_dual_ar.md, "When batching is exact").
+* Threads: the model thread sets torch's intra-op thread count (`threads`, default the loading
+  thread's count) when it starts: OpenMP counts are per calling thread.
 """
 
 from __future__ import annotations
@@ -209,7 +214,10 @@ class _StepScheduler:
     of the previous round that are still generating, so that they are in the batch.
     """
 
-    def __init__(self, step_batch: StepBatch | None = None, max_batch: int = 1) -> None:
+    def __init__(self, step_batch: StepBatch | None = None, max_batch: int = 1, threads: int = 0) -> None:
+        """`threads` (> 0): torch intra-op threads of the model thread, set when it starts (OpenMP
+        thread counts are per calling thread: the loading thread's setting does not carry over)."""
+        self.threads = threads
         self._queue: collections.deque[tuple[str, Any, Future[Any]]] = collections.deque()
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -239,6 +247,8 @@ class _StepScheduler:
         return fut
 
     def _run(self) -> None:
+        if self.threads > 0:
+            torch.set_num_threads(self.threads)
         while (jobs := self._drain()) is not None:
             live = [(kind, item, fut) for kind, item, fut in jobs if fut.set_running_or_notify_cancel()]
             for kind, item, fut in live:
@@ -354,8 +364,12 @@ class S2ProEngine:
         flash_kernel: FlashKernel = DEFAULT_KERNEL,
         batch_decode: str = "auto",
         max_batch: int = 16,
+        threads: int = 0,
     ) -> None:
-        """`compile_fast` (CUDA only) runs the fast AR's per-frame positions as compiled CUDA graphs;
+        """`threads`: torch intra-op threads of the model thread (0: `torch.get_num_threads()` of
+        the constructing thread, i.e. what the loading code configured); `self.threads` is the count.
+
+        `compile_fast` (CUDA only) runs the fast AR's per-frame positions as compiled CUDA graphs;
         `compile_slow` (CUDA, SDPA attention; experimental) compiles the slow AR's one-frame decode
         with dynamic shapes, which recompiles (seconds) the first time a new context-length class
         is seen. Both are numerically equivalent, not bit-identical, so CPU (the exact path) refuses
@@ -363,7 +377,9 @@ class S2ProEngine:
 
         `batch_decode`: "on" runs the decode steps of concurrent streams (one round of the model
         thread) as batched forwards of up to `max_batch` streams, "off" one after another, "auto"
-        on for CUDA and off for CPU, where only one stream at a time is bit-exact.
+        on for CUDA and off for CPU. Batched steps are exact only where the GEMMs are row-count
+        invariant (fp32 on x86 CPUs; bf16 depends on the CPU's kernels; not on CUDA): see
+        `load_local` and docs/perf_dual_ar.md.
         `self.batch_decode` is the resolved choice, `self.batch_stats` counts the batched forwards.
 
         `attention` (slow AR): "sdpa" (torch SDPA, the exact path on CPU), "flash" (`flash_kernel`,
@@ -394,7 +410,10 @@ class S2ProEngine:
         self.batch_decode = _batching(batch_decode, max_batch, model.device)
         self.batch_stats = BatchStats()
         self._batched_fast = BatchedFastAR(model, self._fast_stepper, max_batch) if self.batch_decode else None
-        self.scheduler = _StepScheduler(self._step_batch if self.batch_decode else None, max_batch)
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ConfigError(f"threads must be an integer >= 0 (0: torch's default); got {threads!r}")
+        self.threads = threads or torch.get_num_threads()
+        self.scheduler = _StepScheduler(self._step_batch if self.batch_decode else None, max_batch, self.threads)
         use_flash = select_flash(attention, flash_kernel, model.device, model.dtype, cfg.slow)
         self._flash = flash_kernel if use_flash else None
         self.attention = "flash" if use_flash else "sdpa"

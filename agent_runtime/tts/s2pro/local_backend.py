@@ -30,14 +30,16 @@ cache, context) is bounded whatever its length.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import hashlib
 import logging
 import queue
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ import numpy as np
 import torch
 
 from agent_runtime.errors import ConfigError
-from agent_runtime.tts.base import AsyncUtteranceSynth
+from agent_runtime.tts.base import AsyncUtteranceSynth, SpeechOptions, UnsupportedSpeechOption, VoiceSample
 from agent_runtime.tts.s2pro.backend import S2ProBackend
 from agent_runtime.tts.s2pro.chunking import SPEAKER_TAG
 from agent_runtime.tts.s2pro.codec import S2ProCodec
@@ -63,6 +65,14 @@ DEFAULT_PARAMS = SamplingParams(temperature=0.8, top_p=0.8, top_k=30)  # as the 
 # after a prompt, far above what a capped segment (300 characters) speaks.
 MAX_SEGMENT_FRAMES = CONTEXT_RESERVE
 DEFAULT_MAX_CONTEXT = 8192
+# Per-stream `SpeechOptions` the local backend honours (`LocalBackend.open_utterance_for`).
+SPEECH_OPTIONS = frozenset({"voice", "references", "temperature", "top_p", "top_k", "seed", "max_new_tokens"})
+REFUSED_OPTIONS = {
+    "repetition_penalty": "S2-Pro samples with RAS (repetition-aware sampling: a recent semantic token is "
+    "redrawn at a higher temperature), not with a repetition penalty",
+    "speed": "S2-Pro has no speaking-rate control (the rate follows the voice reference)",
+}
+VOICE_CACHE_SIZE = 64  # library voices and audio references kept loaded / encoded
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,10 @@ class LocalBackend(S2ProBackend):
         codec: S2ProCodec,
         voice: VoiceReference | None = None,
         settings: LocalSettings | None = None,
+        voice_library: str | Path | None = None,
     ) -> None:
+        """`voice_library`: where per-stream `voice` options are looked up (None: the default
+        library, `$AGENT_RUNTIME_VOICES` or ~/.local/share/agent-runtime/voices)."""
         cfg = engine.cfg
         if codec.num_codebooks != cfg.num_codebooks:
             raise ConfigError(
@@ -125,6 +138,12 @@ class LocalBackend(S2ProBackend):
         sizes = [q.semantic_codebook_size] + [q.residual_codebook_size] * (codec.num_codebooks - 1)
         self._code_max = np.asarray(sizes, dtype=np.int64) - 1
         self.clamped_frames = 0  # frames with a code beyond the codec's codebook (random weights)
+        self.voice_library = voice_library
+        # library voices by name, audio references' codes by content: both bounded LRU caches
+        self._voices: collections.OrderedDict[str, VoiceReference] = collections.OrderedDict()
+        self._encoded: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
+        self._cache_lock = threading.Lock()
+        self.references_encoded = 0  # audio references run through the codec (cache misses)
 
     @property
     def sample_rate(self) -> int:
@@ -132,6 +151,150 @@ class LocalBackend(S2ProBackend):
 
     def open_utterance(self) -> LocalUtterance:
         return LocalUtterance(self)
+
+    def open_utterance_for(self, options: SpeechOptions) -> LocalUtterance:
+        """An utterance with per-stream `options` (on the event loop: no model work here).
+
+        `voice`: a voice-library name (loaded once, then cached); `references`: voice samples to
+        clone, from their codes (`vq_codes`) or their audio (encoded with the codec on the model
+        thread when the first segment opens, then cached by content); `temperature` / `top_p` /
+        `top_k`: sampling; `seed`; `max_new_tokens`: the frame cap of each segment. Another field,
+        or a value the backend cannot use, raises `UnsupportedSpeechOption`. Nothing of the
+        backend changes: the next stream without options gets the configured voice and settings.
+        """
+        for name, reason in REFUSED_OPTIONS.items():
+            if getattr(options, name) is not None:
+                raise UnsupportedSpeechOption(name, reason)
+        options.refuse_unsupported(SPEECH_OPTIONS, "s2pro")
+        settings = self._settings_for(options)
+        if options.voice is not None and options.references is not None:
+            raise UnsupportedSpeechOption("references", "give either a voice name or references, not both")
+        voice = self.voice
+        audio_refs: list[tuple[int, np.ndarray, int]] = []
+        if options.voice is not None:
+            voice = self._library_voice(options.voice)
+        elif options.references is not None:
+            voice, audio_refs = self._reference_voice(options.references)
+        return LocalUtterance(self, settings=settings, voice=voice, audio_refs=audio_refs)
+
+    def _settings_for(self, options: SpeechOptions) -> LocalSettings:
+        s = self.settings
+        p = s.params
+        for name, kind in (("temperature", float), ("top_p", float), ("top_k", int)):
+            value = getattr(options, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or (kind is int and int(value) != value)):
+                raise UnsupportedSpeechOption(name, f"must be a{'n integer' if kind is int else ' number'}, got {value!r}")
+        if options.top_k is not None and options.top_k < 1:
+            raise UnsupportedSpeechOption("top_k", f"must be >= 1, got {options.top_k!r}")
+        try:
+            params = SamplingParams(
+                float(p.temperature if options.temperature is None else options.temperature),
+                float(p.top_p if options.top_p is None else options.top_p),
+                int(p.top_k if options.top_k is None else options.top_k),
+            )
+        except ValueError as exc:
+            field = next((f for f in ("temperature", "top_p", "top_k") if str(exc).startswith(f)), "temperature")
+            raise UnsupportedSpeechOption(field, str(exc)) from None
+        changes: dict[str, Any] = {}
+        if params != p:
+            changes["params"] = params
+        if options.seed is not None:
+            if isinstance(options.seed, bool) or not isinstance(options.seed, int) or options.seed < 0:
+                raise UnsupportedSpeechOption("seed", f"must be a non-negative integer, got {options.seed!r}")
+            changes["seed"] = options.seed
+        if options.max_new_tokens is not None:
+            n = options.max_new_tokens
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_SEGMENT_FRAMES:
+                raise UnsupportedSpeechOption(
+                    "max_new_tokens", f"must be an integer from 1 to {MAX_SEGMENT_FRAMES} (frames), got {n!r}"
+                )
+            changes["max_frames_per_segment"] = n
+        return replace(s, **changes) if changes else s
+
+    def _library_voice(self, name: str) -> VoiceReference:
+        """Library voice `name`, read once (a small file read), then from the cache."""
+        with self._cache_lock:
+            if name in self._voices:
+                self._voices.move_to_end(name)
+                return self._voices[name]
+        try:
+            voice = load_voice(name, self.voice_library)
+        except ConfigError as exc:
+            raise UnsupportedSpeechOption("voice", str(exc).removeprefix("s2pro: ")) from None
+        assert voice is not None
+        n_cb = self.engine.cfg.num_codebooks
+        if any(c.shape[0] != n_cb or c.min() < 0 or c.max() >= self.engine.cfg.codebook_size for c in voice.codes):
+            raise UnsupportedSpeechOption("voice", f"voice {name!r} was not encoded for this model ({n_cb} codebooks)")
+        with self._cache_lock:
+            self._voices[name] = voice
+            while len(self._voices) > VOICE_CACHE_SIZE:
+                self._voices.popitem(last=False)
+        return voice
+
+    def _reference_voice(
+        self, references: tuple[VoiceSample, ...]
+    ) -> tuple[VoiceReference | None, list[tuple[int, np.ndarray, int]]]:
+        """The voice of `references`: built now when every sample has codes; otherwise the audio
+        samples to encode on the model thread (index, audio, rate)."""
+        if not references:
+            raise UnsupportedSpeechOption("references", "is empty (give at least one reference)")
+        cfg = self.engine.cfg
+        texts: list[str] = []
+        codes: list[np.ndarray | None] = []
+        audio_refs: list[tuple[int, np.ndarray, int]] = []
+        for i, ref in enumerate(references):
+            if not isinstance(ref, VoiceSample) or not isinstance(ref.text, str):
+                raise UnsupportedSpeechOption("references", f"reference #{i} is not a voice sample with a text")
+            texts.append(ref.text)
+            if ref.codes is not None:
+                arr = np.asarray(ref.codes)
+                if arr.ndim != 2 or arr.shape[0] != cfg.num_codebooks or arr.shape[1] == 0:
+                    raise UnsupportedSpeechOption(
+                        "references", f"reference #{i}: codes of shape {arr.shape}, the model takes "
+                        f"({cfg.num_codebooks} codebooks, frames)"
+                    )
+                if not np.issubdtype(arr.dtype, np.integer) or arr.min() < 0 or arr.max() >= cfg.codebook_size:
+                    raise UnsupportedSpeechOption(
+                        "references", f"reference #{i}: codes must be integers in [0, {cfg.codebook_size})"
+                    )
+                codes.append(arr.astype(np.int64))
+            elif ref.audio is not None:
+                audio = np.asarray(ref.audio)
+                rate = ref.sample_rate
+                if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
+                    raise UnsupportedSpeechOption("references", f"reference #{i}: audio without a sample rate")
+                if audio.ndim != 1 or audio.size == 0 or not np.issubdtype(audio.dtype, np.floating):
+                    raise UnsupportedSpeechOption("references", f"reference #{i}: audio must be float mono samples")
+                audio_refs.append((i, audio, rate))
+                codes.append(None)
+            else:
+                raise UnsupportedSpeechOption("references", f"reference #{i} has neither codes nor audio")
+        if audio_refs:
+            return VoiceReference(tuple(texts), tuple(codes), None), audio_refs  # type: ignore[arg-type]
+        return VoiceReference.create(texts, codes), []  # type: ignore[arg-type]
+
+    def encode_reference(self, audio: np.ndarray, rate: int) -> np.ndarray:
+        """Codes of a reference recording (model thread): resampled to the codec rate and encoded as
+        the voice tool does (`VoiceLibrary.add_from_audio`); cached by content (rate and samples)."""
+        key = hashlib.sha256(f"{rate}:{audio.dtype}:{audio.shape}".encode() + np.ascontiguousarray(audio).tobytes()).hexdigest()
+        with self._cache_lock:
+            if key in self._encoded:
+                self._encoded.move_to_end(key)
+                return self._encoded[key]
+        from agent_runtime.tts.s2pro.codec_audio import resample_reference
+
+        samples = np.ascontiguousarray(audio, dtype=np.float32)
+        if rate != self.codec.sample_rate:
+            samples = resample_reference(samples, rate, self.codec.sample_rate)
+        with torch.inference_mode():
+            codes = self.codec.encode(torch.from_numpy(np.ascontiguousarray(samples)))[0].cpu().numpy()
+        self.references_encoded += 1
+        with self._cache_lock:
+            self._encoded[key] = codes
+            while len(self._encoded) > VOICE_CACHE_SIZE:
+                self._encoded.popitem(last=False)
+        return codes
 
     def run_on_model_thread(self, fn: Callable[[], Any]) -> Any:
         """Run `fn` on the model thread and wait for it (blocking; never from the event loop)."""
@@ -161,6 +324,7 @@ class LocalBackend(S2ProBackend):
             "first_chunk_frames": self.settings.first_chunk_frames,
             "chunk_frames": self.settings.chunk_frames,
             "batch_decode": f"on, up to {self.engine.scheduler.max_batch}" if self.engine.batch_decode else "off",
+            "threads": self.engine.threads,
         }
 
     def _clip_codes(self, frame: np.ndarray) -> np.ndarray:
@@ -182,9 +346,23 @@ class LocalUtterance(AsyncUtteranceSynth):
     finished segment) and `segment_samples` (audio samples per finished segment).
     """
 
-    def __init__(self, backend: LocalBackend, max_frames: int | None = None) -> None:
+    def __init__(
+        self,
+        backend: LocalBackend,
+        max_frames: int | None = None,
+        *,
+        settings: LocalSettings | None = None,
+        voice: VoiceReference | None = None,
+        audio_refs: list[tuple[int, np.ndarray, int]] | None = None,
+    ) -> None:
+        """`settings` / `voice`: this reply's (None: the backend's; `voice` is used only with
+        `settings` given); `audio_refs`: the voice's references still to encode, as
+        (index in voice.codes, audio, rate), done on the model thread by the first
+        segment."""
         self.backend = backend
-        s = backend.settings
+        self.settings = s = settings or backend.settings
+        self.voice = voice if settings is not None else backend.voice
+        self._audio_refs = audio_refs or []
         self.decoder = CodecStreamDecoder(backend.codec, s.first_chunk_frames, s.chunk_frames)
         self.stream: S2ProStream | None = None  # opened on the model thread by the first segment
         self.cancelled = threading.Event()
@@ -264,15 +442,22 @@ class LocalUtterance(AsyncUtteranceSynth):
     def _open_segment(self, text: str) -> Any:
         b = self.backend
         if self.stream is None:
-            s = b.settings
+            s = self.settings
+            if self._audio_refs:  # references given as audio: encode them here, on the model thread
+                assert self.voice is not None
+                codes = list(self.voice.codes)
+                for index, audio, rate in self._audio_refs:
+                    codes[index] = b.encode_reference(audio, rate)
+                self.voice = VoiceReference.create(self.voice.texts, codes)
+                self._audio_refs = []
             generator = None
             if s.seed is None:
                 generator = torch.Generator(device=b.engine.device)
                 generator.seed()
             self.stream = b.engine.open_stream(
-                b.voice, params=s.params, seed=s.seed, generator=generator, max_context=s.max_context
+                self.voice, params=s.params, seed=s.seed, generator=generator, max_context=s.max_context
             )
-        cap = self._max_frames if self._max_frames is not None else b.settings.frame_cap(text)
+        cap = self._max_frames if self._max_frames is not None else self.settings.frame_cap(text)
         return self.stream.start_segment(self._segment_text(text), max_frames=cap)
 
     def _blocks(self, audio: list[np.ndarray]) -> list[np.ndarray]:
