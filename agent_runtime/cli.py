@@ -23,6 +23,7 @@ _TOP_LEVEL_COMMANDS: list[tuple[str, str]] = [
     ("agent_runtime.commands.plugins", "register"),
     ("agent_runtime.commands.config_cmd", "register"),
     ("agent_runtime.commands.serve", "register"),
+    ("agent_runtime.commands.tts_serve", "register"),
     ("agent_runtime.commands.bench_media", "register"),
     ("agent_runtime.commands.loadtest", "register"),
     ("agent_runtime.tts.s2pro.cli_voice", "register"),

@@ -14,6 +14,7 @@ import re
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,3 +139,16 @@ async def start_pipecat(llm_url: str, *, system_prompt: str, max_tokens: int, st
             "--llm-url", llm_url + "/v1", "--system-prompt", system_prompt, "--max-tokens", str(max_tokens),
             "--stop-secs", str(stop_secs), "--max-calls", str(max_calls)]
     return await start("pipecat bot", argv, "/healthz", timeout)
+
+
+async def start_tts_serve(*, config: Path | None = None, extra_args: Sequence[str] = (), env: dict | None = None,
+                          timeout: float = 120.0) -> Proc:
+    """`agent-runtime tts-serve` on a free loopback port; ready when /readyz answers 200.
+
+    `AGENT_RUNTIME_TTS_TOKEN` is emptied (no auth on loopback) unless `env` sets it."""
+    argv = [sys.executable, "-m", "agent_runtime.cli", "tts-serve", "--host", "127.0.0.1", "--port", str(free_port())]
+    if config is not None:
+        argv += ["--config", str(config)]
+    argv += list(extra_args)
+    return await start("agent-runtime tts-serve", argv, "/readyz", timeout,
+                       env={"AGENT_RUNTIME_TTS_TOKEN": "", **(env or {})})

@@ -7,11 +7,10 @@ import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from agent_runtime.config import ServerConfig
 from agent_runtime.errors import ConfigError
 from agent_runtime.json_limits import JSONTooDeep as JSONTooDeep  # re-exported for handlers
 from agent_runtime.json_limits import loads
@@ -75,7 +74,17 @@ def host_middleware(bind_host: str, allowed_hosts: list[str]) -> Callable:
     return middleware
 
 
-def resolve_token(config: ServerConfig, host: str, environ: dict[str, str]) -> str | None:
+class AuthConfig(Protocol):
+    """What `resolve_token` reads: `server:` or `tts_server:` (`ServerConfig`, `TTSServerConfig`)."""
+
+    @property
+    def auth(self) -> str: ...
+
+    @property
+    def auth_token_env(self) -> str: ...
+
+
+def resolve_token(config: AuthConfig, host: str, environ: dict[str, str]) -> str | None:
     """The token signaling requires, or None when auth is off. Raises ConfigError if it is missing."""
     required = config.auth == "on" or (config.auth == "auto" and not is_loopback_host(host))
     if not required:
