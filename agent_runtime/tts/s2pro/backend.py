@@ -5,11 +5,11 @@ contract); a backend turns one reply's segments into audio. Backends:
 
 * `local` (`local_backend.LocalBackend`): the Dual-AR engine and the streaming codec in this
   process, on its model thread.
-* `sglang` (a later issue): an sglang-omni server, `POST /v1/audio/speech` with `stream=true`,
-  reading the SSE `audio.speech.chunk` events (base64 WAV) with an async HTTP client. Its utterance
-  would send each segment as one request (voice by name or as `references`), so it implements
-  `synthesize_async` natively and `synthesize` by running that on a private loop. The server has no
-  continuation across requests, so prosody carries only as far as the server's own prompt does.
+* `remote`: speech servers instead of this process: `tts.engine: s2pro` with `backend: remote`
+  builds the `remote` engine (`agent_runtime.tts.remote`) from the other options: `agent-runtime
+  tts-serve` over its WebSocket stream (the server keeps the KV continuation across segments) or an
+  sglang-omni deployment (`protocol: sglang-omni`: one streaming `/v1/audio/speech` request per
+  segment, no continuation across requests).
 
 A backend's utterance is an `AsyncUtteranceSynth`: the runtime awaits its audio on the event loop
 and never spends a thread per reply on it.
@@ -48,5 +48,5 @@ class S2ProBackend(ABC):
         return {"backend": self.name, "sample_rate": self.sample_rate}
 
 
-BACKENDS = ("local",)
-"""Backend names `tts.options.backend` accepts (the remote `sglang` one is not implemented yet)."""
+BACKENDS = ("local", "remote")
+"""Backend names `tts.options.backend` accepts."""

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_runtime.errors import ConfigError
-from agent_runtime.tts.base import UtteranceSynth
+from agent_runtime.tts.base import SpeechOptions, Synthesizer, UtteranceSynth
 from agent_runtime.tts.chunker import ChunkerConfig
 from agent_runtime.tts.s2pro.backend import BACKENDS, S2ProBackend
 from agent_runtime.tts.s2pro.chunking import DEFAULT_CHUNKING, S2ProChunkerConfig, S2ProTextChunker
@@ -54,12 +54,18 @@ class S2ProSynthesizer(ChunkedSynthesizer):
         self.chunker_config = chunker_config or DEFAULT_CHUNKING
 
     @classmethod
-    def from_options(cls, **options: Any) -> S2ProSynthesizer:
+    def from_options(cls, **options: Any) -> Synthesizer:
         """Build from `tts.options` (see `load_local`'s arguments, plus `backend` and
-        `chunker_config`). Unknown keys raise ConfigError."""
+        `chunker_config`). Unknown keys raise ConfigError. `backend: remote` speaks through speech
+        servers (`tts-serve` or sglang-omni): the options are then the `remote` engine's (`urls`,
+        `protocol`, ...; see docs/engines.md)."""
         backend_name = options.pop("backend", "local")
         if backend_name not in BACKENDS:
             raise ConfigError(f"s2pro: unknown backend {backend_name!r} (available: {', '.join(BACKENDS)})")
+        if backend_name == "remote":
+            from agent_runtime.tts.remote.synthesizer import RemoteSynthesizer
+
+            return RemoteSynthesizer.from_options(**options)
         chunker_config = options.pop("chunker_config", None)
         known = [p for p in inspect.signature(load_local).parameters]
         unknown = sorted(set(options) - set(known))
@@ -73,6 +79,17 @@ class S2ProSynthesizer(ChunkedSynthesizer):
 
     def open_utterance(self) -> UtteranceSynth:
         return self.backend.open_utterance()
+
+    def open_utterance_for(self, options: SpeechOptions) -> UtteranceSynth:
+        """Per-stream options, honoured by the backend (the local one: voice, references,
+        temperature, top_p, top_k, seed, max_new_tokens; see `LocalBackend.open_utterance_for`);
+        a backend without options support refuses every set field."""
+        if not options.set_fields():
+            return self.backend.open_utterance()
+        open_for = getattr(self.backend, "open_utterance_for", None)
+        if open_for is None:
+            options.refuse_unsupported(frozenset(), f"{self.name} ({self.backend.name} backend)")
+        return open_for(options)
 
     def warmup(self) -> None:
         self.backend.warmup()
@@ -107,6 +124,7 @@ def load_local(
     attention: str = "auto",
     batch_decode: str = "auto",
     max_batch: int = 16,
+    threads: int = 0,
 ) -> S2ProBackend:
     """Load the local backend (blocking: seconds on the real 9 GB checkpoint).
 
@@ -125,7 +143,16 @@ def load_local(
     each, the first time a new context-length class is seen); `attention`: slow-AR attention, auto (flash-attn's KV-cache kernel
     where it can run: CUDA, bf16/fp16, flash-attn installed; else sdpa), sdpa or flash;
     `batch_decode`: concurrent replies' decode steps as one batched forward of up to `max_batch`
-    streams, auto (on for CUDA, off for CPU, where one stream at a time is bit-exact), on or off.
+    streams, auto (on for CUDA, off for CPU), on or off. Only unbatched decode is bit-exact on every
+    CPU. Batched, a stream's row goes through a B-row GEMM instead of the one-row GEMV: in fp32 on
+    CPU that changes the last bits of the states, and the codes equalled the codes alone in every
+    run measured (asserted on the fixture checkpoint by tests/s2pro/test_batch_exactness.py; a near
+    tie could still flip one); in bf16 on CPU the codes are exact only where the CPU's bf16 GEMMs are
+    row-count invariant (an AMX Xeon: yes; an AMD EPYC with AVX512_BF16: no, 0/4 and 1/8 streams
+    identical), so not guaranteed; on CUDA batched bf16 agrees with one stream at a time only on the
+    first frames (docs/perf_dual_ar.md, "When batching is exact").
+    `threads`: torch intra-op threads of the model thread, where every model and codec operation
+    runs (0: torch's count in the loading thread at load time).
     """
     import torch
 
@@ -158,11 +185,11 @@ def load_local(
     engine = S2ProEngine.load(
         checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]),
         prefix_cache_size=prefix_cache_size, compile_fast=compile_fast, compile_slow=compile_slow, attention=attention,
-        batch_decode=batch_decode, max_batch=int(max_batch),
+        batch_decode=batch_decode, max_batch=int(max_batch), threads=int(threads),
     )  # fmt: skip
     try:
         codec_model = load_codec(codec, codec_config, dtype=codec_dtype, device=device)
-        backend = LocalBackend(engine, codec_model, reference, settings)
+        backend = LocalBackend(engine, codec_model, reference, settings, voice_library)
     except BaseException:
         engine.close()
         raise
