@@ -1,4 +1,4 @@
-"""`agent-runtime bench voice|overhead`: latency benchmarks that print figures and same-run ratios."""
+"""`agent-runtime bench voice|overhead|tts-wire`: latency benchmarks that print figures and same-run ratios."""
 
 from __future__ import annotations
 
@@ -44,6 +44,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--turns", type=int, default=3, help="caller turns per session")
     o.add_argument("--json-out", type=Path, default=None)
     o.set_defaults(func=_overhead)
+    w = bsub.add_parser(
+        "tts-wire",
+        help="time to first audio of the local TTS engine vs the same engine behind tts-serve (remote)",
+        description=(
+            "For one engine config, in one run: the in-process synthesizer against the `remote` engine talking "
+            "to an `agent-runtime tts-serve` subprocess on loopback (started here with the same config), at "
+            "each concurrency level, rounds alternating which side goes first. Text goes in as small deltas at "
+            "an LLM's pace; prints first-audio p50/p95 of both, the difference at p50 (what the wire adds; "
+            "target <= 10 ms) and tts-serve's own first-audio histogram from /metrics. See docs/performance.md."
+        ),
+    )
+    w.add_argument("--config", type=Path, default=None,
+                   help="YAML config whose tts: section picks the engine (default: piper with noise_scale 0)")
+    w.add_argument("--streams", type=int, nargs="+", default=[1, 4, 16], help="concurrency levels")
+    w.add_argument("--rounds", type=int, default=4, help="rounds per side per level (alternating order)")
+    w.add_argument("--chars-per-s", type=float, default=60.0, help="text rate of the simulated LLM")
+    w.add_argument("--json-out", type=Path, default=None, help="write the figures and samples as JSON")
+    w.set_defaults(func=_tts_wire)
     p.set_defaults(func=lambda _a: p.print_help() or 2)
 
 
@@ -126,6 +144,28 @@ async def _overhead_main(args: argparse.Namespace) -> int:
         d, v = r["decision_to_audio_ms"], r["voice_to_voice_ms"]
         print(f"  {n:>8} {int(d['n']):>6} {d['p50']:>17.1f} ms {d['p99']:>5.1f} ms {v['p50']:>6.0f} ms {v['p99']:>5.0f} ms")
     print("  (voice-to-voice includes the end-of-turn silence; decision->audio is what the runtime adds)")
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def _tts_wire(args: argparse.Namespace) -> int:
+    return asyncio.run(_tts_wire_main(args))
+
+
+async def _tts_wire_main(args: argparse.Namespace) -> int:
+    from agent_runtime.bench.overhead import machine_description
+    from agent_runtime.bench.tts_wire import format_table, run_tts_wire
+
+    if min(args.streams) < 1 or args.rounds < 1:
+        print("bench tts-wire: --streams and --rounds must be >= 1")
+        return 2
+    out = await run_tts_wire(args.streams, args.rounds, config=args.config, chars_per_s=args.chars_per_s)
+    machine = machine_description()
+    out["machine"] = machine
+    print()
+    print(format_table(out, machine))
     if args.json_out:
         args.json_out.parent.mkdir(parents=True, exist_ok=True)
         args.json_out.write_text(json.dumps(out, indent=2))

@@ -17,6 +17,9 @@ examples:
       --scenario configs/scenarios/ramp.yaml --slo configs/slo/default.yaml --out out/ramp
   agent-runtime loadtest --compare-pipecat --scenario configs/scenarios/compare.yaml --out out/compare
   agent-runtime loadtest chaos --start-server --instant-engines --duration 60 --out out/chaos
+  agent-runtime loadtest tts --start-server --scenario configs/scenarios/tts/steps.yaml \\
+      --slo configs/slo/tts.yaml --out out/loadtest-tts
+  agent-runtime loadtest tts --url http://127.0.0.1:8081 --streams 1,4,16 --replies 3 --out out/tts
 
 exit status: 0 the SLO holds, 1 it does not, 2 harness error (bad file, non-loopback URL, server
 that would not start). Only loopback targets (127.0.0.0/8, ::1, localhost) are accepted.
@@ -25,6 +28,11 @@ that would not start). Only loopback targets (127.0.0.0/8, ::1, localhost) are a
 silent peers, malformed phone streams, hostile HTTP, slowloris, callers that vanish, an LLM that stalls
 or sends garbage); exit 0 only if no legit call was lost, every slot came back, no traceback, the server
 stayed up and its RSS growth stayed bounded (1 otherwise, 2 harness error).
+
+`loadtest tts` (docs/loadtest.md, "TTS-only load test"): concurrent speech streams against
+`agent-runtime tts-serve` over its WebSocket, text arriving at an LLM's pace; per level time to first
+audio, RTF, player underruns and errors by code, checked against configs/slo/tts.yaml (exit 0/1/2 as
+above). With --start-server it starts tts-serve (--server-config picks its engine and limits).
 """
 
 
@@ -43,11 +51,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("mode", nargs="?", choices=["chaos"], default=None,
+    p.add_argument("mode", nargs="?", choices=["chaos", "tts"], default=None,
                    help="chaos: the abuse campaign (needs --start-server; --scenario defaults to "
-                        "configs/scenarios/chaos/default.yaml)")
+                        "configs/scenarios/chaos/default.yaml); tts: TTS-only load test against "
+                        "`agent-runtime tts-serve` (--scenario from configs/scenarios/tts/, optional)")
     target = p.add_argument_group("target (one of)")
-    target.add_argument("--url", help="base URL of a running `agent-runtime serve` (loopback only)")
+    target.add_argument("--url", help="base URL of a running `agent-runtime serve` (or `tts-serve` for the tts mode; loopback only)")
     target.add_argument("--start-server", action="store_true",
                         help="start `agent-runtime serve` on a free loopback port for the run, then stop it")
     target.add_argument("--compare-pipecat", action="store_true",
@@ -66,15 +75,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --start-server/--compare-pipecat: the server's YAML config (call slots are raised to fit)")
     p.add_argument("--server-pid", type=int, default=None, metavar="PID",
                    help="with --url: the server's process id, to sample its CPU and RSS")
+    p.add_argument("--streams", default=None, metavar="N,N,...",
+                   help="tts: concurrent stream levels, e.g. 1,4,16 (overrides the scenario's streams)")
+    p.add_argument("--replies", type=int, default=None, metavar="R",
+                   help="tts: replies per stream at each level (overrides the scenario's replies)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.mode != "tts" and (args.streams is not None or args.replies is not None):
+        import sys
+
+        print("error: --streams and --replies apply to `loadtest tts` only", file=sys.stderr)
+        return 2
     if args.mode == "chaos":
         from loadtest.chaos.main import run as chaos
 
         return chaos(args)
+    if args.mode == "tts":
+        from loadtest.tts.main import run as tts
+
+        return tts(args)
     from loadtest.main import run
 
     return run(args)
