@@ -96,6 +96,43 @@ class TurnMetrics:
         return "\n".join(lines)
 
 
+# Timestamps the pipeline orders: each one, when present, is no earlier than the present ones before it.
+_REPLY_CHAIN = ("user_speech_end", "asr_final", "llm_first_token", "tts_first_text", "tts_first_audio")
+ORDERED_CHAINS: list[tuple[str, ...]] = [
+    (*_REPLY_CHAIN, "first_audio_out"),
+    ("user_speech_end", "end_of_turn", "first_audio_out"),
+]
+
+
+def turn_violations(turn: TurnMetrics) -> list[str]:
+    """What is wrong with a turn record: stage durations below zero or stages out of pipeline order.
+
+    Only the timestamps a record has are checked (a failed or interrupted turn may lack some). An empty
+    list means the record is consistent; anything else is a bug in whoever filled it in.
+    """
+    problems: list[str] = []
+    for key, ms in turn.relative_ms().items():
+        if ms is not None and ms < 0:
+            problems.append(f"{key} is {ms} ms after the end of user speech")
+    derived = {"voice_to_voice": turn.voice_to_voice, "decision_to_audio": turn.decision_to_audio}
+    for name, value in derived.items():
+        if value is not None and value < 0:
+            problems.append(f"{name} is {_ms(value)} ms")
+    for chain in ORDERED_CHAINS:
+        prev_key: str | None = None
+        prev: float | None = None
+        for key in chain:
+            value = getattr(turn, key)
+            if value is None:
+                continue
+            if prev is not None and value < prev:
+                problems.append(f"{key} is {_ms(value - prev)} ms after {prev_key}")
+            prev_key, prev = key, value
+    if turn.premature_replies_dropped < 0:
+        problems.append(f"premature_replies_dropped is {turn.premature_replies_dropped}")
+    return list(dict.fromkeys(problems))
+
+
 def _ms(x: float | None) -> float | None:
     return None if x is None else round(x * 1000, 1)
 
@@ -105,9 +142,18 @@ class MetricsCollector:
 
     def __init__(self) -> None:
         self.turns: list[TurnMetrics] = []
+        self.violations: list[tuple[int, list[str]]] = []
+        """(turn id, problems) for each recorded turn that failed `turn_violations`."""
 
     def record(self, turn: TurnMetrics) -> None:
         self.turns.append(turn)
+        problems = turn_violations(turn)
+        if problems:
+            self.violations.append((turn.turn_id, problems))
+            log.error(
+                "session %s turn %d: inconsistent turn metrics: %s",
+                turn.session_id, turn.turn_id, "; ".join(problems),
+            )  # fmt: skip
         log.info("turn %s", turn.to_json())
 
     def summary(self) -> dict[str, dict[str, float]]:

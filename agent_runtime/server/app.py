@@ -74,10 +74,10 @@ def event_to_json(event: SessionEvent) -> dict[str, Any]:
 
 def live_latency(session: Session | None) -> dict[str, Any] | None:
     """The latency of the turn whose reply just became audible (the `turn` event comes at its end)."""
-    reply = getattr(session, "_reply", None)
-    m = getattr(reply, "metrics", None)
-    if session is None or m is None:
+    reply = session.current_reply if session is not None else None
+    if session is None or reply is None:
         return None
+    m = reply.metrics
     v2v = m.voice_to_voice
     return {
         "kind": "latency", "session_id": session.session_id, "turn_id": m.turn_id,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from agent_runtime.metrics.turns import STAGES, TurnMetrics
+from agent_runtime.metrics.turns import STAGES, TurnMetrics, turn_violations
 
 REJECT_REASONS = ("busy", "per_client", "unauthorized", "setup_timeout", "not_ready", "draining")
 """`agent_sessions_rejected_total` reasons: no slot free, a per-client limit, bad token, no valid phone
@@ -112,6 +112,10 @@ class ServerMetrics:
         self.turns = Counter("agent_turns_total", "finished user turns (with a reply or interrupted)")
         self.barge_ins = Counter("agent_barge_ins_total", "replies interrupted by the caller")
         self.errors = Counter("agent_errors_total", "errors by kind", ("kind",))
+        self.metrics_violations = Counter(
+            "agent_turn_metrics_violations_total",
+            "turn records whose stage times were negative or out of pipeline order (a runtime bug)",
+        )
         self.stage_latency = Histogram(
             "agent_turn_stage_latency_seconds",
             "time from the end of the caller's speech to each stage of the reply",
@@ -131,6 +135,8 @@ class ServerMetrics:
 
     def observe_turn(self, turn: TurnMetrics) -> None:
         self.turns.inc()
+        if turn_violations(turn):  # logged with the turn id by MetricsCollector.record
+            self.metrics_violations.inc()
         if turn.voice_to_voice is not None:
             self.voice_to_voice.observe(turn.voice_to_voice)
         for stage, ms in turn.relative_ms().items():
@@ -150,6 +156,7 @@ class ServerMetrics:
     def render(self) -> str:
         metrics = [
             self.active_sessions, self.pending, self.sessions, self.rejected, self.reclaimed, self.turns, self.barge_ins, self.errors,
+            self.metrics_violations,
             self.stage_latency, self.voice_to_voice,
         ]
         return "\n".join(line for m in metrics for line in m.render()) + "\n"

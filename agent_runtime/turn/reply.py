@@ -14,21 +14,21 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
-from agent_runtime.asr.base import Transcript
+from agent_runtime.asr.base import Recognizer, Transcript
 from agent_runtime.audio.frame import AudioFrame
 from agent_runtime.audio.resample import FrameRebuffer, StreamResampler
+from agent_runtime.config import AppConfig
 from agent_runtime.errors import BackendError
-from agent_runtime.llm.base import ChatMessage, GenerationOptions
+from agent_runtime.llm.base import ChatMessage, GenerationOptions, LLMBackend
 from agent_runtime.metrics.turns import TurnMetrics
+from agent_runtime.transport.base import Transport
+from agent_runtime.tts.base import Synthesizer
 from agent_runtime.tts.chunker import ChunkerConfig
 from agent_runtime.turn.reply_text import LLMOutcome, ReplyText
-
-if TYPE_CHECKING:
-    from agent_runtime.turn.session import Session
 
 log = logging.getLogger("agent_runtime.turn")
 
@@ -79,10 +79,40 @@ class HeardText:
         return bool(self.segments) and all(s.complete and s.played >= s.produced for s in self.segments.values())
 
 
+class ReplyHost(Protocol):
+    """What a reply needs from the call it belongs to (`Session` provides it): the engines, the
+    transport, the history it answers, and two notifications. Nothing else of the session."""
+
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def config(self) -> AppConfig: ...
+    @property
+    def recognizer(self) -> Recognizer: ...
+    @property
+    def llm(self) -> LLMBackend: ...
+    @property
+    def synthesizer(self) -> Synthesizer: ...
+    @property
+    def transport(self) -> Transport: ...
+
+    def recent_history(self) -> list[ChatMessage]:
+        """The last `turn.max_history_messages` messages of the conversation (a copy)."""
+        ...
+
+    def on_transcript(self, reply: Reply) -> None:
+        """The reply's transcript is ready."""
+        ...
+
+    def on_first_audio(self, reply: Reply) -> None:
+        """The reply's first frame went to the transport."""
+        ...
+
+
 class Reply:
     """A (possibly speculative) agent reply to one user turn."""
 
-    def __init__(self, session: Session, metrics: TurnMetrics, audio: np.ndarray) -> None:
+    def __init__(self, session: ReplyHost, metrics: TurnMetrics, audio: np.ndarray) -> None:
         self.session = session
         self.metrics = metrics
         self.audio = audio  # the user's turn audio, int16 16 kHz
@@ -97,8 +127,8 @@ class Reply:
         self.llm_outcome: LLMOutcome | None = None
         self.audible = False  # a frame has been handed to the transport
         self.finished = asyncio.Event()
-        self.interrupted = False
-        self.dropped = False
+        self._interrupted = False
+        self._dropped = False
         self.tts_failed = False  # the TTS engine raised: the reply was cut short at what was played
         self._task: asyncio.Task[None] | None = None
         self._tts_stream = None
@@ -120,6 +150,26 @@ class Reply:
     @property
     def paused(self) -> bool:
         return not self._playing.is_set()
+
+    @property
+    def interrupted(self) -> bool:
+        """Cut off while audible (barge-in, or the caller hung up mid-reply)."""
+        return self._interrupted
+
+    @property
+    def dropped(self) -> bool:
+        """Discarded unheard because the caller went on talking."""
+        return self._dropped
+
+    async def interrupt(self) -> None:
+        """Cut the reply off: it was (at least partly) heard."""
+        self._interrupted = True
+        await self.cancel()
+
+    async def drop(self) -> None:
+        """Discard the reply unheard."""
+        self._dropped = True
+        await self.cancel()
 
     async def cancel(self) -> None:
         """Stop everything (LLM, TTS, playout) now."""
@@ -164,10 +214,9 @@ class Reply:
     def messages(self) -> list[ChatMessage]:
         s = self.session
         assert self.transcript is not None
-        history = s.history[-s.config.turn.max_history_messages :]
         return [
             ChatMessage("system", s.config.llm.system_prompt),
-            *history,
+            *s.recent_history(),
             ChatMessage("user", self.transcript.text),
         ]
 
@@ -185,8 +234,8 @@ class Reply:
             tail = f"{tail} {cfg.stall_line}"
         else:
             self.llm_text = text.text
-        self._to_tts(tts.push_text(tail))
-        self._to_tts(tts.flush())
+        self._to_tts(tts.push_text, tail)
+        self._to_tts(tts.flush)
 
     async def _read_llm(self, text: ReplyText, tts) -> LLMOutcome:
         """Read the LLM stream into `text` (pushing what is safe to the TTS) until it ends, fails,
@@ -227,7 +276,7 @@ class Reply:
                 ready = text.add(delta)
                 self.llm_text = text.text
                 if ready:
-                    self._to_tts(tts.push_text(ready))
+                    self._to_tts(tts.push_text, ready)
                 if text.truncated:
                     self.metrics.reply_truncated = True
                     log.warning(
@@ -248,9 +297,15 @@ class Reply:
                 await stream.aclose()  # type: ignore[attr-defined]
         return LLMOutcome.COMPLETE if got_text else LLMOutcome.FAILED
 
-    def _to_tts(self, released_segments: int) -> None:
+    def _to_tts(self, hand_over, *args: str) -> None:
+        """Give text to the TTS stream (`push_text` or `flush`); note when the first segment went.
+
+        The time is taken before the hand-over: the engine may start on the segment at once, and its
+        first audio must not appear to come before its text."""
+        now = time.monotonic()
+        released_segments = hand_over(*args)
         if released_segments and self.metrics.tts_first_text is None:
-            self.metrics.tts_first_text = time.monotonic()
+            self.metrics.tts_first_text = now
 
     async def _playout(self, tts) -> None:
         s = self.session

@@ -8,10 +8,12 @@ States: LISTENING -> USER_SPEAKING -> (pause) -> THINKING -> SPEAKING -> LISTENI
   `incomplete_turn_silence_ms` when the words sound unfinished). Then the held audio plays.
 * If the caller speaks again before any reply audio was heard, the reply is dropped unheard and the
   turn continues (its audio is kept and the next pause transcribes all of it).
-* If the caller speaks while the agent is audible: playout pauses at once (phase one); after
-  `barge_in_min_speech_ms` of speech, or if the words are not a backchannel, the reply is
-  interrupted: LLM, TTS and queued audio are cancelled and the history keeps what was heard. A short
-  "mhm" resumes playout where it stopped.
+* If the caller speaks while the agent is audible (the endpointer declared speech: `vad.min_speech_ms`
+  of voiced audio), playout pauses (phase one). A barge-in episode is one run of caller speech: it
+  ends when the endpointer's `vad.stop_silence_ms` of silence ends the run. Once an episode holds
+  `turn.barge_in_min_speech_ms` of *voiced* frames, or the run's words are not a backchannel, the reply
+  is interrupted: LLM, TTS and queued audio are cancelled and the history keeps what was heard. A
+  short "mhm" resumes playout where it stopped; the next "mhm" is a new episode counted from zero.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import itertools
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -43,6 +46,7 @@ from agent_runtime.vad.endpointer import Endpointer, EndpointerConfig, VADEventT
 
 log = logging.getLogger("agent_runtime.turn")
 _session_ids = itertools.count(1)
+_START_WINDOW_MS = 200  # the endpointer's window for declaring speech
 
 
 class TurnState(Enum):
@@ -98,15 +102,23 @@ class Session:
         self._detector = turn_detector or HeuristicTurnDetector()
         v = config.vad
         self._endpointer = Endpointer(
-            EndpointerConfig(v.aggressiveness, v.frame_ms, v.min_speech_ms, 200, v.stop_silence_ms, v.pre_roll_ms)
+            EndpointerConfig(
+                v.aggressiveness, v.frame_ms, v.min_speech_ms, _START_WINDOW_MS, v.stop_silence_ms,
+                v.pre_roll_ms,
+            )
         )
         self._resampler: StreamResampler | None = None
         self._rebuffer = FrameRebuffer(Endpointer.sample_rate, v.frame_ms)
         self._turn_ids = itertools.count(1)
         self._reply: Reply | None = None  # the reply being prepared or spoken
         self._carry_audio = np.zeros(0, dtype=np.int16)  # audio of a turn whose reply was dropped
-        self._carry_metrics: TurnMetrics | None = None
-        self._barge_start: float | None = None
+        self._carry_turn: tuple[int, int] | None = None  # (turn id, replies dropped) of a continuing turn
+        # Barge-in: voiced ms in the current episode (None: no episode), the recent frames' VAD verdicts
+        # (start time, voiced) to count the speech that declared the episode, and a sequence number so
+        # only the latest episode's backchannel verdict resumes playout.
+        self._barge_voiced_ms: int | None = None
+        self._barge_seq = 0
+        self._recent_voiced: deque[tuple[float, bool]] = deque(maxlen=max(1, _START_WINDOW_MS // v.frame_ms))
         self._tasks: set[asyncio.Task[Any]] = set()
         self._backchannels = {re.sub(r"[^a-z ]", "", b.lower()).strip() for b in config.turn.backchannels}
 
@@ -114,6 +126,15 @@ class Session:
     def busy(self) -> bool:
         """True while the caller is talking or a reply is being prepared or spoken."""
         return self._reply is not None or self._endpointer.in_speech
+
+    @property
+    def current_reply(self) -> Reply | None:
+        """The reply being prepared or spoken (read-only; the session alone starts and ends replies)."""
+        return self._reply
+
+    def recent_history(self) -> list[ChatMessage]:
+        """The last `turn.max_history_messages` messages of the conversation (a copy)."""
+        return self.history[-self.config.turn.max_history_messages :]
 
     # -- main loop -------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -137,17 +158,23 @@ class Session:
         return self._rebuffer.push(self._resampler.process(mono))
 
     async def _on_frame(self, frame: AudioFrame) -> None:
-        for event in self._endpointer.process(frame):
+        events = self._endpointer.process(frame)
+        voiced = self._endpointer.silence_ms == 0  # reset by a voiced frame, grows on unvoiced ones
+        self._recent_voiced.append((frame.timestamp, voiced))
+        started = False
+        for event in events:
             if event.type is VADEventType.SPEECH_START:
+                started = True
                 await self._on_speech_start(event.timestamp)
             else:
                 await self._on_speech_stop(event.timestamp)
         reply = self._reply
         if reply is None:
             return
-        if self._barge_start is not None and self._endpointer.in_speech:
-            spoken_ms = (frame.end_time - self._barge_start) * 1000
-            if spoken_ms >= self.config.turn.barge_in_min_speech_ms:
+        if self._barge_voiced_ms is not None:
+            if voiced and not started:  # the start already counted this frame
+                self._barge_voiced_ms += self.config.vad.frame_ms
+            if self._barge_voiced_ms >= self.config.turn.barge_in_min_speech_ms:
                 await self._interrupt(reply, "speech")
             return
         if not reply.committed.is_set() and not self._endpointer.in_speech:
@@ -157,10 +184,13 @@ class Session:
     async def _on_speech_start(self, when: float) -> None:
         reply = self._reply
         if reply is not None and reply.audible and not reply.finished.is_set():
-            if self.config.turn.barge_in and self._barge_start is None:
-                self._barge_start = when
-                reply.pause()  # phase one: silence the agent within a frame, keep its place
-                self._emit("barge_in", {"phase": "pause"})
+            if self.config.turn.barge_in and self._barge_voiced_ms is None:
+                # A new episode, counted from the voiced frames that made the endpointer declare speech.
+                fm = self.config.vad.frame_ms
+                self._barge_voiced_ms = sum(fm for start, v in self._recent_voiced if v and start >= when)
+                if not reply.paused:
+                    reply.pause()  # phase one: silence the agent within a frame, keep its place
+                    self._emit("barge_in", {"phase": "pause"})
             return
         if reply is not None and not reply.audible:
             await self._drop_unheard(reply)
@@ -170,7 +200,7 @@ class Session:
 
     async def _prime_llm(self) -> None:
         """While the caller talks, let the LLM prefill the part of the prompt it already knows."""
-        prefix = [ChatMessage("system", self.config.llm.system_prompt), *self.history[-self.config.turn.max_history_messages :]]
+        prefix = [ChatMessage("system", self.config.llm.system_prompt), *self.recent_history()]
         try:
             await self.llm.prime(prefix)
         except Exception as exc:  # an optimisation only: never let it hurt the call
@@ -178,18 +208,26 @@ class Session:
 
     async def _on_speech_stop(self, when: float) -> None:
         reply = self._reply
-        if self._barge_start is not None and reply is not None:
-            # Short speech over the agent: a backchannel resumes playout, words interrupt.
-            snippet = self._endpointer.audio()
-            self._spawn(self._judge_short_barge_in(reply, snippet, when))
+        if self._barge_voiced_ms is not None and reply is not None:
+            # The episode ended short of the threshold: a backchannel resumes playout, words interrupt.
+            self._barge_voiced_ms = None
+            self._barge_seq += 1
+            snippet = self._endpointer.take_audio()  # the next episode records (and is judged) on its own
+            self._spawn(self._judge_short_barge_in(reply, snippet, when, self._barge_seq))
             return
         if reply is not None and reply.audible and not reply.finished.is_set():
             return  # barge-in disabled: the caller's words wait for the reply to end
         self._start_reply(when)
 
     def _start_reply(self, speech_end: float) -> None:
-        metrics = self._carry_metrics or TurnMetrics(self.session_id, next(self._turn_ids))
-        self._carry_metrics = None
+        # A fresh record per attempt: a dropped attempt's timestamps and errors must not leak into this
+        # one. Only the turn id and the count of dropped attempts carry over.
+        if self._carry_turn is not None:
+            turn_id, dropped = self._carry_turn
+        else:
+            turn_id, dropped = next(self._turn_ids), 0
+        self._carry_turn = None
+        metrics = TurnMetrics(self.session_id, turn_id, premature_replies_dropped=dropped)
         metrics.user_speech_end = speech_end
         audio = np.concatenate([self._carry_audio, self._endpointer.audio()])
         reply = Reply(self, metrics, audio)
@@ -232,36 +270,35 @@ class Session:
     # -- outcomes ------------------------------------------------------------------------------
     async def _drop_unheard(self, reply: Reply) -> None:
         """The caller kept talking before hearing anything: the turn continues."""
-        reply.dropped = True
-        await reply.cancel()
+        await reply.drop()
         if reply.committed.is_set():
             # Its audio was handed over at the decision; the endpointer now records only new speech.
             self._carry_audio = reply.audio
-        reply.metrics.premature_replies_dropped += 1
-        self._carry_metrics = reply.metrics
+        self._carry_turn = (reply.metrics.turn_id, reply.metrics.premature_replies_dropped + 1)
         self._reply = None
         self._emit("premature_reply_dropped", {"text": reply.llm_text})
 
     async def _interrupt(self, reply: Reply, reason: str) -> None:
-        self._barge_start = None
-        reply.interrupted = True
-        await reply.cancel()
+        self._barge_voiced_ms = None
+        await reply.interrupt()
         await self.transport.clear()
         self._emit("barge_in", {"phase": "interrupt", "reason": reason})
         self._finish(reply)
         self._set_state(TurnState.USER_SPEAKING if self._endpointer.in_speech else TurnState.LISTENING)
 
-    async def _judge_short_barge_in(self, reply: Reply, snippet: np.ndarray, when: float) -> None:
+    async def _judge_short_barge_in(self, reply: Reply, snippet: np.ndarray, when: float, seq: int) -> None:
         transcript = await self.recognizer.atranscribe(snippet.astype(np.float32) / 32768.0)
-        if self._reply is not reply or self._barge_start is None:
+        if self._reply is not reply or reply.interrupted or reply.finished.is_set():
             return
         words = re.sub(r"[^a-z ]", "", transcript.text.lower()).strip()
         if not words or words in self._backchannels:
-            self._barge_start = None
-            self._endpointer.discard_audio()
-            reply.resume()
-            self._emit("barge_in", {"phase": "resume", "heard": transcript.text})
+            # Resume only if no later episode is running or waiting for its own verdict.
+            if seq == self._barge_seq and self._barge_voiced_ms is None:
+                reply.resume()
+                self._emit("barge_in", {"phase": "resume", "heard": transcript.text})
             return
+        # Words: the snippet opens the caller's next turn (the endpointer may be recording more).
+        self._carry_audio = np.concatenate([self._carry_audio, snippet])
         await self._interrupt(reply, "words")
         if not self._endpointer.in_speech:
             self._start_reply(when)
@@ -285,6 +322,7 @@ class Session:
         self._emit("turn", {"metrics": metrics})
         if self._reply is reply:
             self._reply = None
+            self._barge_voiced_ms = None
             if self.state is TurnState.SPEAKING:
                 self._set_state(TurnState.LISTENING)
 
@@ -318,8 +356,7 @@ class Session:
         reply = self._reply
         if reply is not None:
             if reply.audible and not reply.finished.is_set():
-                reply.interrupted = True  # the caller hung up mid-reply
-                await reply.cancel()
+                await reply.interrupt()  # the caller hung up mid-reply
                 self._finish(reply)
             else:
                 await reply.cancel()
