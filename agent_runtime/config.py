@@ -138,7 +138,7 @@ class IceServerConfig(_Strict):
     credential_env: str | None = Field(None, description="environment variable holding the TURN credential")
 
 
-class ServerConfig(_Strict):
+class _WithAuthSwitch(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _yaml_booleans(cls, data: Any) -> Any:
@@ -147,6 +147,8 @@ class ServerConfig(_Strict):
             data = {**data, "auth": "on" if data["auth"] else "off"}
         return data
 
+
+class ServerConfig(_WithAuthSwitch):
     host: str = Field("127.0.0.1", description="address `agent-runtime serve` binds to")
     port: int = Field(8080, ge=0, le=65535, description="TCP port of the HTTP server (0 = any free port)")
     auth: Literal["auto", "on", "off"] = Field(
@@ -205,16 +207,8 @@ class ServerConfig(_Strict):
     shutdown_grace_s: float = Field(10.0, ge=0, description="on shutdown, calls in progress get this long to finish")
 
 
-class TTSServerConfig(_Strict):
+class TTSServerConfig(_WithAuthSwitch):
     """`agent-runtime tts-serve`: the `tts:` engine as a speech service for other machines."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_booleans(cls, data: Any) -> Any:
-        """YAML 1.1 reads an unquoted `auth: on` / `off` as a boolean: take it as meant."""
-        if isinstance(data, dict) and isinstance(data.get("auth"), bool):
-            data = {**data, "auth": "on" if data["auth"] else "off"}
-        return data
 
     host: str = Field("127.0.0.1", description="address `agent-runtime tts-serve` binds to")
     port: int = Field(8081, ge=0, le=65535, description="TCP port of the speech service (0 = any free port)")

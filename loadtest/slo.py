@@ -87,18 +87,25 @@ class Verdict:
 def verdict(slo: SLO, levels: list[dict[str, Any]]) -> Verdict:
     """Per-level checks, the highest concurrency up to which every level passes, and the run verdict."""
     checks = [check_level(slo, lv) for lv in sorted(levels, key=lambda x: x["concurrency"])]
+    return rank(checks, slo.min_concurrency, "calls")
+
+
+def rank(checks: list[LevelVerdict], min_concurrency: int | None, unit: str) -> Verdict:
+    """The run verdict from per-level checks (ascending concurrency): the highest level up to which
+    every level passes must reach `min_concurrency` (None: the highest level tested). `unit` names
+    what runs concurrently ("calls", "TTS streams")."""
     best = 0
     for c in checks:
         if not c.ok:
             break
         best = c.concurrency
     tested = max((c.concurrency for c in checks), default=0)
-    need = slo.min_concurrency if slo.min_concurrency is not None else tested
+    need = min_concurrency if min_concurrency is not None else tested
     ok = bool(checks) and best >= need
     first_fail = next((c for c in checks if not c.ok), None)
-    why = f"; at {first_fail.concurrency} calls: {', '.join(first_fail.failures)}" if first_fail else ""
+    why = f"; at {first_fail.concurrency} {unit.split()[-1]}: {', '.join(first_fail.failures)}" if first_fail else ""
     line = (
-        f"SLO {'HOLDS' if ok else 'VIOLATED'}: max concurrent calls at SLO = {best} "
+        f"SLO {'HOLDS' if ok else 'VIOLATED'}: max concurrent {unit} at SLO = {best} "
         f"(required {need}, tested up to {tested}){why}"
     )
     return Verdict(ok, best, checks, line)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationError
 
 from loadtest.scenario import ScenarioError, _one_line, _Strict, read_yaml
+from loadtest.slo import LevelVerdict, Verdict, rank
 
 DEFAULT_TEXTS = [
     "Sure, we open at nine tomorrow morning and close at six in the evening.",
@@ -68,13 +68,6 @@ def load_slo(path: str | Path | None) -> TTSSLO:
     return TTSSLO() if path is None else _load(TTSSLO, Path(path))
 
 
-@dataclass
-class LevelVerdict:
-    concurrency: int
-    ok: bool
-    failures: list[str] = field(default_factory=list)
-
-
 def check_level(slo: TTSSLO, lv: dict[str, Any]) -> LevelVerdict:
     fails: list[str] = []
     fa, rtf = lv["first_audio_ms"], lv["rtf"]
@@ -98,27 +91,7 @@ def check_level(slo: TTSSLO, lv: dict[str, Any]) -> LevelVerdict:
     return LevelVerdict(lv["concurrency"], not fails, fails)
 
 
-@dataclass
-class Verdict:
-    ok: bool
-    max_concurrency_at_slo: int
-    levels: list[LevelVerdict]
-    line: str
-
-
 def verdict(slo: TTSSLO, levels: list[dict[str, Any]]) -> Verdict:
     """As the call load test's: the highest level up to which every level passes, and the run verdict."""
     checks = [check_level(slo, lv) for lv in sorted(levels, key=lambda x: x["concurrency"])]
-    best = 0
-    for c in checks:
-        if not c.ok:
-            break
-        best = c.concurrency
-    tested = max((c.concurrency for c in checks), default=0)
-    need = slo.min_concurrency if slo.min_concurrency is not None else tested
-    ok = bool(checks) and best >= need
-    first_fail = next((c for c in checks if not c.ok), None)
-    why = f"; at {first_fail.concurrency} streams: {', '.join(first_fail.failures)}" if first_fail else ""
-    line = (f"SLO {'HOLDS' if ok else 'VIOLATED'}: max concurrent TTS streams at SLO = {best} "
-            f"(required {need}, tested up to {tested}){why}")
-    return Verdict(ok, best, checks, line)
+    return rank(checks, slo.min_concurrency, "TTS streams")
