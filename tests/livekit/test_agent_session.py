@@ -35,12 +35,12 @@ LONG_PREFIX = (
 )
 
 
-def _echo_backend(prefix: str = ""):
+def _echo_backend(prefix: str = "", delay_s: float = 0.01):
     try:
         from agent_runtime_echo_llm import EchoBackend
     except ImportError:
         pytest.skip("the echo LLM plugin (plugins/echo_llm) is not installed")
-    return EchoBackend(delay_s=0.01, prefix=prefix)
+    return EchoBackend(delay_s=delay_s, prefix=prefix)
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +129,10 @@ async def test_agent_session_answers_the_caller(stt_plugin, vad, piper_voice, sa
 
 async def test_interruption_stops_our_tts(stt_plugin, vad, piper_voice, say) -> None:
     synth = CancelSpy(piper_voice)
+    # The LLM writes slowly (about 12 s for the long reply), so our stream is still open when the
+    # caller interrupts, however fast the engine synthesises what it has: the interruption must cancel it.
     session, caller, speaker, assistant, events = await _run_session(
-        stt_plugin, vad, synth, _echo_backend(prefix=LONG_PREFIX)
+        stt_plugin, vad, synth, _echo_backend(prefix=LONG_PREFIX, delay_s=0.12)
     )
     try:
         caller.say(say("What are your opening hours?"), trailing_silence_s=0.5)
