@@ -83,7 +83,9 @@ class ScriptedLLM(LLMBackend):
             yield word + " "
 
 
-class _DyingUtterance(UtteranceSynth):
+class DyingUtterance(UtteranceSynth):
+    """Speaks a reply's first segment through `inner`; then the engine dies."""
+
     def __init__(self, inner: UtteranceSynth) -> None:
         self.inner = inner
         self.segments = 0
@@ -102,7 +104,7 @@ class DyingSynth(InstantSynthesizer):
     """Tone TTS whose engine dies after the reply's first segment."""
 
     def open_utterance(self) -> UtteranceSynth:
-        return _DyingUtterance(super().open_utterance())
+        return DyingUtterance(super().open_utterance())
 
 
 def engines(

@@ -19,6 +19,7 @@ from agent_runtime.tts.base import UtteranceSynth
 from agent_runtime.tts.stream import ChunkedSynthesizer
 from agent_runtime.turn.session import Engines, Session
 from tests.turn.conftest import fast_config
+from tests.turn.fakes import DyingUtterance
 
 
 def _free_port() -> int:
@@ -100,23 +101,6 @@ def test_backend_raising_mid_stream_keeps_session_up(real_engines, say) -> None:
     assert all("plugin bug" in (t.llm_error or "") for t in result.metrics.turns)
 
 
-class _DyingUtterance(UtteranceSynth):
-    """The real engine speaks a reply's first segment; then the engine dies."""
-
-    def __init__(self, inner: UtteranceSynth) -> None:
-        self.inner = inner
-        self.segments = 0
-
-    def synthesize(self, text: str):  # type: ignore[override]
-        self.segments += 1
-        if self.segments > 1:
-            raise RuntimeError("TTS worker died")
-        yield from self.inner.synthesize(text)
-
-    def cancel(self) -> None:
-        self.inner.cancel()
-
-
 class _DyingTTS(ChunkedSynthesizer):
     def __init__(self, real: ChunkedSynthesizer) -> None:
         self.real = real
@@ -124,7 +108,7 @@ class _DyingTTS(ChunkedSynthesizer):
         self.chunker_config = real.chunker_config
 
     def open_utterance(self) -> UtteranceSynth:
-        return _DyingUtterance(self.real.open_utterance())
+        return DyingUtterance(self.real.open_utterance())
 
 
 def test_tts_dying_mid_reply_keeps_the_session_and_only_the_heard_words(real_engines, say) -> None:
