@@ -47,6 +47,10 @@ CLOSE_GOING_AWAY = 1001  # server draining (SIGTERM): reconnect elsewhere
 CLOSE_POLICY = 1008  # auth failed / protocol abuse
 CLOSE_TOO_BIG = 1009  # a message over tts_server.max_body_bytes
 CLOSE_TRY_AGAIN = 1013  # too many connections
+# A refused WebSocket upgrade (503) names why in this header: "connections" (the server is at
+# tts_server.max_connections but healthy: try again or elsewhere, it is not marked down),
+# "shutting_down" or "loading" (this server cannot serve: skip it for the client's backoff).
+REFUSAL_HEADER = "X-Refusal-Reason"
 
 ErrorCode = Literal[
     "bad_request",  # malformed message or field

@@ -64,6 +64,7 @@ from agent_runtime.tts_service.options import (
 from agent_runtime.tts_service.protocol import (
     CLOSE_GOING_AWAY,
     INFO_PATH,
+    REFUSAL_HEADER,
     SPEECH_PATH,
     SSE_CHUNK_OBJECT,
     SSE_DONE,
@@ -509,14 +510,14 @@ class TTSServer:
             return unauthorized()
         if self.draining:
             self.metrics.rejected.inc("shutting_down")
-            return json_error(503, "shutting down: try another server", **{"Retry-After": str(RETRY_AFTER_S)})
+            return json_error(503, "shutting down: try another server", **_refusal("shutting_down"))
         if self.synth is None:
-            return json_error(503, self.load_error or "the engine is loading", **{"Retry-After": str(RETRY_AFTER_S)})
+            return json_error(503, self.load_error or "the engine is loading", **_refusal("loading"))
         if len(self.connections) >= self.cfg.max_connections:
             self.metrics.rejected.inc("connections")
             return json_error(
                 503, f"{self.cfg.max_connections} connections are open (tts_server.max_connections): try again",
-                **{"Retry-After": str(RETRY_AFTER_S)},
+                **_refusal("connections"),
             )
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_body_bytes, autoping=True, timeout=WS_CLOSE_TIMEOUT_S)
         await ws.prepare(request)
@@ -835,6 +836,11 @@ async def _disconnect_watch(request: web.Request, stream: SynthesisStream):
     transport = request.transport
     if transport is None or transport.is_closing():
         raise ConnectionResetError("the client disconnected")
+
+
+def _refusal(reason: str) -> dict[str, str]:
+    """Headers of a refused WebSocket upgrade: when to retry and why (protocol.REFUSAL_HEADER)."""
+    return {"Retry-After": str(RETRY_AFTER_S), REFUSAL_HEADER: reason}
 
 
 def _drop(request: web.Request) -> None:

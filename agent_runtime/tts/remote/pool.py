@@ -27,12 +27,13 @@ from typing import Any
 
 import aiohttp
 
-from agent_runtime.tts_service.protocol import INFO_PATH, STREAM_PATH
+from agent_runtime.tts_service.protocol import INFO_PATH, REFUSAL_HEADER, STREAM_PATH
 
 log = logging.getLogger("agent_runtime.tts.remote")
 
 READY_PATH = "/readyz"
 MAX_IDLE_PER_SERVER = 16
+ALIVE_FRESH_S = 0.5  # a sign of life this recent needs no new probe
 """Idle connections kept per server (more are closed: each counts against its max_connections)."""
 
 
@@ -48,6 +49,8 @@ class Server:
     down_until: float = 0.0
     last_error: str | None = None
     idle: list[aiohttp.ClientWebSocketResponse] = field(default_factory=list)
+    last_alive: float = 0.0  # when the server was last heard from (a message on any stream, a probe)
+    probe: asyncio.Task[bool] | None = None  # a liveness probe in flight (shared by the streams)
 
     @property
     def load(self) -> int:
@@ -59,7 +62,8 @@ class Server:
 
 class ConnectFailed(Exception):
     """A server could not be reached (or refused the WebSocket upgrade). `mark_down`: False for a
-    429 (rate limit); a 503 (draining, or at its max_connections) skips the server for its backoff."""
+    429 (rate limit) or a 503 naming `connections` (at its max_connections, healthy); any other
+    refusal (draining, loading) skips the server for its backoff."""
 
     def __init__(self, reason: str, mark_down: bool = True) -> None:
         super().__init__(reason)
@@ -195,9 +199,10 @@ class ServerPool:
                     server.url + STREAM_PATH, headers=self.headers, autoping=True, max_msg_size=0
                 )
         except aiohttp.WSServerHandshakeError as exc:
+            reason = (exc.headers or {}).get(REFUSAL_HEADER)
             raise ConnectFailed(
-                f"WebSocket refused (HTTP {exc.status}: {exc.message})",
-                mark_down=exc.status != 429,
+                f"WebSocket refused (HTTP {exc.status}: {exc.message}{f', {reason}' if reason else ''})",
+                mark_down=exc.status != 429 and reason != "connections",
             ) from None
         except TimeoutError:
             raise ConnectFailed(f"no connection within {self.connect_timeout_s:g} s") from None
@@ -228,6 +233,28 @@ class ServerPool:
             task.add_done_callback(self._closing.discard)
 
     # -- health -------------------------------------------------------------------------------
+    async def alive(self, server: Server) -> bool:
+        """Whether `server` answers at all: heard from in the last ALIVE_FRESH_S, else a `/readyz`
+        probe within connect_timeout_s (any HTTP status counts: busy or draining is alive). Streams
+        that ask at the same time share one probe. Tells an overloaded server from a dead one."""
+        if time.monotonic() - server.last_alive <= ALIVE_FRESH_S:
+            return True
+        if server.probe is None or server.probe.done():
+            server.probe = asyncio.get_running_loop().create_task(self._probe(server), name="remote-tts-probe")
+        return await asyncio.shield(server.probe)
+
+    async def _probe(self, server: Server) -> bool:
+        session = self.bind()
+        try:
+            timeout = aiohttp.ClientTimeout(total=max(self.connect_timeout_s, 0.5))
+            async with session.get(server.url + READY_PATH, timeout=timeout):
+                server.last_alive = time.monotonic()
+                return True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
+
     async def _health_loop(self, session: aiohttp.ClientSession) -> None:
         try:
             while True:
@@ -246,6 +273,7 @@ class ServerPool:
         try:
             timeout = aiohttp.ClientTimeout(total=max(self.connect_timeout_s, 0.5))
             async with session.get(server.url + READY_PATH, timeout=timeout) as resp:
+                server.last_alive = time.monotonic()
                 if resp.status == 404:  # no readiness route (an sglang-omni deployment): reachable is enough
                     return
                 if resp.status != 200:

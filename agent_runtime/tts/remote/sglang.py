@@ -164,13 +164,21 @@ class SglangUtterance(AsyncUtteranceSynth):
         """`data:` payloads of the event stream, one per event, under the read timeouts."""
         synth = self._synth
         data: list[str] = []
+        quiet_since = time.monotonic()
         while not self._cancelled:
             limit = synth.read_timeout_s if self._segment_audio else synth.first_audio_timeout_s
             try:
                 async with asyncio.timeout(limit):
                     raw = await response.content.readline()
             except TimeoutError:
-                raise _Retry(f"no data for {limit:g} s", mark_down=True) from None
+                quiet_s = time.monotonic() - quiet_since
+                if quiet_s >= synth.stall_timeout_s:  # answers, but never gets to this request
+                    raise _Retry(f"no data for {quiet_s:.1f} s (stall_timeout_s)", mark_down=False) from None
+                if await synth.pool.alive(server):
+                    continue  # overloaded, not dead: keep waiting
+                raise _Retry(f"no data for {limit:g} s, and it does not answer", mark_down=True) from None
+            quiet_since = time.monotonic()
+            server.last_alive = quiet_since
             if not raw:
                 if data:
                     yield "\n".join(data)

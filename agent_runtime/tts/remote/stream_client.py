@@ -8,8 +8,11 @@ with the server's segment ids and texts.
 Failures before any audio (unreachable, refused busy or draining, connection dropped, nothing heard
 for `first_audio_timeout_s`) are retried transparently on another server: `start` and every text
 delta so far are sent again there, up to `retries` other servers. After audio has come the stream
-sticks to its server: a drop or a silence longer than `read_timeout_s` while audio is owed marks the
-server unhealthy and raises from the iterator (the reply ends with the audio already played).
+sticks to its server: a drop, or a silence longer than `read_timeout_s` while audio is owed from a
+server that no longer answers (`/readyz` probe), marks the server unhealthy and raises from the
+iterator (the reply ends with the audio already played). A server that answers but is too busy to
+serve this stream yet is waited for up to `stall_timeout_s` of silence; then only this stream fails
+(before audio: retried elsewhere) and the server stays in use.
 
 "Audio is owed" when the client's copy of the engine's chunker released a segment whose final audio
 has not come yet, or after `flush` until `done`; while the LLM is still thinking nothing is owed and
@@ -103,6 +106,7 @@ class RemoteStream(SynthesisStream):
         self._owed_since = 0.0
         self._last_message = time.monotonic()
         self._audio_here = False  # audio came on the current attempt
+        self._alive_at = 0.0
         self.got_audio = False  # audio was handed to the consumer
         self.server: Server | None = None
         self.servers_tried: list[str] = []
@@ -235,6 +239,7 @@ class RemoteStream(SynthesisStream):
 
     async def _speak(self, server: Server, ws: aiohttp.ClientWebSocketResponse, reused: bool) -> None:
         self._audio_here = False
+        self._alive_at = 0.0  # when a liveness check last found the server alive (this attempt)
         self._last_message = time.monotonic()
         self._owed_since = self._last_message
         keep = False
@@ -375,13 +380,11 @@ class RemoteStream(SynthesisStream):
                     return None
             elif self._owed():
                 limit = self._synth.read_timeout_s if self._audio_here else self._synth.first_audio_timeout_s
-                deadline = max(self._last_message, self._owed_since) + limit
-                timeout = deadline - now
+                quiet_since = max(self._last_message, self._owed_since)
+                timeout = max(quiet_since, self._alive_at) + limit - now
                 if timeout <= 0:
-                    what = "audio" if self._audio_here else "first audio"
-                    raise self._fail(
-                        server, f"no message for {limit:g} s while {what} was owed", mark_down=True
-                    )
+                    await self._check_alive(server, limit, now - quiet_since)
+                    continue
                 timeout = min(timeout, _POLL_S)
             else:
                 timeout = _POLL_S
@@ -394,7 +397,7 @@ class RemoteStream(SynthesisStream):
                     raise _Stale() from None
                 raise self._fail(server, f"connection error: {exc}", mark_down=True) from None
             if msg.type is aiohttp.WSMsgType.TEXT:
-                self._last_message = time.monotonic()
+                self._last_message = server.last_alive = time.monotonic()
                 return msg
             if msg.type in (
                 aiohttp.WSMsgType.CLOSE,
@@ -411,6 +414,28 @@ class RemoteStream(SynthesisStream):
                     raise _Retry(f"connection closed ({code})", mark_down=code == CLOSE_GOING_AWAY)
                 raise self._fail(server, f"connection closed (code {code})", mark_down=True)
             # binary / ping / pong: not part of the protocol; ignore
+
+    async def _check_alive(self, server: Server, limit: float, quiet_s: float) -> None:
+        """This stream heard nothing for `limit` s while audio was owed: a dead server, or one too
+        busy to get to this stream yet? A server that answers a probe (or spoke on another stream)
+        is given until `stall_timeout_s` of silence on this stream, then only this stream fails
+        (the server is not marked down); one that does not answer is dead (marked down)."""
+        what = "audio" if self._audio_here else "first audio"
+        if quiet_s >= self._synth.stall_timeout_s:
+            raise self._fail(
+                server,
+                f"nothing on this stream for {quiet_s:.1f} s while {what} was owed (the server answers but is "
+                f"overloaded; stall_timeout_s {self._synth.stall_timeout_s:g})",
+                mark_down=False,
+            )
+        if await self._pool.alive(server):
+            if not self._alive_at:
+                log.info("remote TTS: %s is slow (no %s for %.1f s) but answers; waiting", server.url, what, quiet_s)
+            self._alive_at = time.monotonic()
+            return
+        raise self._fail(
+            server, f"no message for {limit:g} s while {what} was owed, and it does not answer", mark_down=True
+        )
 
     def _error(self, server: Server, data: dict[str, Any]) -> Exception:
         code = str(data.get("code"))

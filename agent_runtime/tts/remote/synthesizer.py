@@ -14,8 +14,9 @@ segment. `sglang-omni` talks to an sglang-omni deployment (or tts-serve's compat
 
 Options (unknown ones raise ConfigError): `urls` (required), `protocol`, `token_env` (environment
 variable with the bearer token; unset or empty = no Authorization header), `connect_timeout_s`,
-`first_audio_timeout_s` / `read_timeout_s` (no message for this long while audio is owed = the server
-is dead), `retries` (other servers tried when a stream fails before any audio), `health_interval_s`
+`first_audio_timeout_s` / `read_timeout_s` (no message for this long while audio is owed, and the
+server does not answer a `/readyz` probe = the server is dead), `stall_timeout_s` (a server that
+answers but has sent nothing on a stream for this long fails that stream only), `retries` (other servers tried when a stream fails before any audio), `health_interval_s`
 (`/readyz` polls), `unhealthy_backoff_s`, `sample_rate` (else `/v1/info` of the first reachable
 server, at construction), `voice`, `temperature`, `top_p`, `top_k`, `seed` (sent on every stream
 unless the stream's `SpeechOptions` override them) and `engine_chunking` (sglang-omni only:
@@ -57,6 +58,7 @@ class RemoteSynthesizer(ChunkedSynthesizer):
         connect_timeout_s: float = 2.0,
         first_audio_timeout_s: float = 15.0,
         read_timeout_s: float = 10.0,
+        stall_timeout_s: float = 60.0,
         retries: int = 2,
         health_interval_s: float = 2.0,
         unhealthy_backoff_s: float = 5.0,
@@ -77,6 +79,7 @@ class RemoteSynthesizer(ChunkedSynthesizer):
         for key, value in (
             ("connect_timeout_s", connect_timeout_s), ("first_audio_timeout_s", first_audio_timeout_s),
             ("read_timeout_s", read_timeout_s), ("health_interval_s", health_interval_s),
+            ("stall_timeout_s", stall_timeout_s),
         ):  # fmt: skip
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ConfigError(f"remote: {key} must be a positive number, got {value!r}")
@@ -110,6 +113,7 @@ class RemoteSynthesizer(ChunkedSynthesizer):
         self.connect_timeout_s = float(connect_timeout_s)
         self.first_audio_timeout_s = float(first_audio_timeout_s)
         self.read_timeout_s = float(read_timeout_s)
+        self.stall_timeout_s = float(stall_timeout_s)
         self.retries = retries
         self.defaults: dict[str, Any] = {
             "voice": voice, "temperature": temperature, "top_p": top_p, "top_k": top_k, "seed": seed,
