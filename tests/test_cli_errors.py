@@ -39,6 +39,7 @@ def test_transcribe_beam_size_below_one(tmp_path: Path, beam: str) -> None:
     _one_line_error(_cli("transcribe", str(tmp_path / "x.wav"), "--beam-size", beam), f"--beam-size {beam}")
 
 
+@pytest.mark.slow
 def test_output_path_os_errors_are_one_line(tmp_path: Path) -> None:
     """Any other unusable path the OS refuses (here: a codes file under a regular file)."""
     blocker = tmp_path / "file"
@@ -63,6 +64,7 @@ def _decode(codec_args: list[str], codes: Path, tmp_path: Path) -> subprocess.Co
     return _cli("s2pro", "decode", *codec_args, "--codes", str(codes), "--out", str(tmp_path / "a.npy"))
 
 
+@pytest.mark.slow
 def test_decode_huge_uint64_codes(codec_args: list[str], s2pro_fixtures: Path, tmp_path: Path) -> None:
     codes = np.load(s2pro_fixtures / "codec_tiny_codes.npy").astype(np.uint64)
     codes[1, 0] = 2**63 + 5  # would wrap to a negative int64
@@ -71,6 +73,7 @@ def test_decode_huge_uint64_codes(codec_args: list[str], s2pro_fixtures: Path, t
     assert not (tmp_path / "a.npy").exists()
 
 
+@pytest.mark.slow
 def test_decode_rejects_out_of_range_codes_as_generate_does(
     codec_args: list[str], s2pro_fixtures: Path, tmp_path: Path
 ) -> None:
@@ -82,6 +85,7 @@ def test_decode_rejects_out_of_range_codes_as_generate_does(
     assert not (tmp_path / "a.npy").exists()
 
 
+@pytest.mark.slow
 def test_decode_given_an_npz(codec_args: list[str], s2pro_fixtures: Path, tmp_path: Path) -> None:
     np.savez(tmp_path / "codes.npz", codes=np.load(s2pro_fixtures / "codec_tiny_codes.npy"))
     _one_line_error(_decode(codec_args, tmp_path / "codes.npz", tmp_path), "codes.npz", "not a .npy array")

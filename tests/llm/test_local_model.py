@@ -34,6 +34,7 @@ def test_model_matches_gguf_metadata(local_lm: LocalLM) -> None:
     assert 134e6 < local_lm.stats.params < 135e6
 
 
+@pytest.mark.slow
 def test_kv_cache_matches_full_recompute(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
     """Chunked prefill + one-token steps through the cache give the logits of one full pass."""
     ids = local_lm.template.encode(FRANCE)
@@ -101,6 +102,7 @@ def test_coherent_answer(local_lm: LocalLM, reply: Callable[..., str]) -> None:
     assert "Paris" in reply(FRANCE)
 
 
+@pytest.mark.slow
 def test_prefix_reuse_gives_identical_output(local_lm: LocalLM, reply: Callable[..., str]) -> None:
     first = reply(FRANCE)
     follow_up = [*FRANCE, ChatMessage("assistant", first), ChatMessage("user", "And of Italy?")]
@@ -154,6 +156,7 @@ def test_corrupt_files_are_rejected(tmp_path: Path) -> None:
         LocalLM.load(empty)
 
 
+@pytest.mark.slow
 def test_prime_prefills_the_history(local_lm: LocalLM, on_worker: Callable[..., Any], reply: Callable[..., str]) -> None:
     system, question = FRANCE[:1], FRANCE[1:]
     local_lm.reset_cache()

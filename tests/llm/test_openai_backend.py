@@ -25,6 +25,7 @@ async def collect(backend: OpenAICompatBackend, options: GenerationOptions = OPT
         await backend.aclose()
 
 
+@pytest.mark.slow
 async def test_streams_a_real_answer_from_llm_serve(llm_server: str) -> None:
     deltas = await collect(OpenAICompatBackend(base_url=llm_server, model="smollm2", api_key_env="NO_SUCH_KEY_VAR"))
     assert len(deltas) > 2 and "Paris" in "".join(deltas)
@@ -59,6 +60,7 @@ async def fake_server() -> AsyncIterator[Callable[[Callable[[web.Request], Await
         await runner.cleanup()
 
 
+@pytest.mark.slow
 async def test_hanging_server_times_out(fake_server) -> None:  # type: ignore[no-untyped-def]
     async def hang(request: web.Request) -> web.Response:
         await asyncio.Event().wait()
@@ -71,6 +73,7 @@ async def test_hanging_server_times_out(fake_server) -> None:  # type: ignore[no
     assert 0.9 < time.perf_counter() - t0 < 3.0
 
 
+@pytest.mark.slow
 async def test_stall_after_first_token_times_out(fake_server) -> None:  # type: ignore[no-untyped-def]
     async def stall(request: web.Request) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})

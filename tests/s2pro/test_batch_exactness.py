@@ -90,6 +90,7 @@ def compare(fixtures: Path, dtype: torch.dtype) -> tuple[list[bool], S2ProEngine
     return [a.shape == b.shape and np.array_equal(a, b) for a, b in zip(alone, together, strict=True)], batch_engine
 
 
+@pytest.mark.slow
 def test_fp32_batched_codes_equal_unbatched_on_cpu(s2pro_fixtures: Path) -> None:
     same, _ = compare(s2pro_fixtures, torch.float32)
     assert same == [True] * STREAMS

@@ -86,6 +86,7 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*exe, *args], capture_output=True, text=True, env=env, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_encode_decode_parity(s2pro_fixtures: Path, expected, tmp_path: Path) -> None:
     fx = s2pro_fixtures
     common = ["--codec", str(fx / "codec_tiny.pth"), "--codec-config", str(fx / "codec_tiny.json"), "--dtype", "fp32"]
@@ -109,6 +110,7 @@ def test_cli_encode_decode_parity(s2pro_fixtures: Path, expected, tmp_path: Path
     assert np.abs(wav - expected["audio_out"]).max() <= 1e-5
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line(s2pro_fixtures: Path, tmp_path: Path) -> None:
     fx = s2pro_fixtures
     r = _run_cli("s2pro", "decode", "--codec", str(tmp_path / "nope.pth"), "--codes", str(fx / "codec_tiny_codes.npy"),

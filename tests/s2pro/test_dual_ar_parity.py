@@ -122,6 +122,7 @@ def _cli(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd + args, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_generate_reproduces_gen_codes(case: dict, tmp_path: Path) -> None:
     m, fx = case["meta"], case["dir"]
     out = tmp_path / "codes.npy"

@@ -46,6 +46,7 @@ def test_restart_keeps_the_last_segment_and_matches_the_reference() -> None:
     assert len(stream.segments_codes) == 2  # the segment kept as context, and the new one
 
 
+@pytest.mark.slow
 def test_a_long_reply_keeps_a_bounded_context() -> None:
     cfg = make_config(max_seq_len=4096)
     engine = make_engine(cfg, torch.float32, seed=2)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from agent_runtime.bench.instant import InstantLLM, InstantRecognizer
 from agent_runtime.config import CallerTurn, load_config
@@ -50,6 +51,7 @@ def _config():
     return load_config(None, {"demo": {"wait_after_reply_ms": 300, "max_reply_wait_s": 15}})
 
 
+@pytest.mark.slow
 def test_fixture_checkpoint_and_codec_through_the_whole_loop(s2pro_fixtures: Path, say) -> None:
     synth = create_synthesizer("s2pro", {
         "checkpoint": str(s2pro_fixtures / "tiny"), "codec": str(s2pro_fixtures / "codec_tiny.pth"),
@@ -68,6 +70,7 @@ def test_fixture_checkpoint_and_codec_through_the_whole_loop(s2pro_fixtures: Pat
     assert [m.role for m in result.session.history] == ["user", "assistant"]
 
 
+@pytest.mark.slow
 def test_barge_in_truncates_the_history_to_what_was_heard(s2pro_fixtures: Path, say) -> None:
     # S2-Pro frames of 46 ms (a random codec with the real frame length): the reply lasts ~3.5 s
     synth = make_synth(tiny_engine(s2pro_fixtures), wide_codec(s2pro_fixtures), seed=2, max_frames_per_segment=20)

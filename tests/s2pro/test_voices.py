@@ -116,6 +116,7 @@ def test_reference_checks() -> None:
     assert any("contains sound" in w for w in check_reference_audio(mostly_silent, SR).warnings)
 
 
+@pytest.mark.slow
 def test_add_from_audio_encodes_and_stores(tiny, tmp_path: Path) -> None:
     lib = VoiceLibrary(tmp_path / "lib")
     voice, report = lib.add_from_audio("alice", _wav(tmp_path / "a.wav", _speechlike(3.2)), "Hi.", tiny)
@@ -147,6 +148,7 @@ def _cli(*args: str) -> int:
     return int(exc.value.code or 0)
 
 
+@pytest.mark.slow
 def test_voice_cli(s2pro_fixtures: Path, tmp_path: Path, capsys) -> None:
     lib = str(tmp_path / "lib")
     ref = str(_wav(tmp_path / "r.wav", _speechlike(3.1)))

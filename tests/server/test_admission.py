@@ -79,6 +79,7 @@ async def _idle(run: Running, timeout: float = 10.0) -> None:
     assert await _readyz(run) == {"status": "ready", "sessions": 0, "pending": 0}
 
 
+@pytest.mark.slow
 async def test_idle_unauthenticated_phone_sockets_hold_no_call_slot() -> None:
     overrides = {**AUTH, "max_sessions": 2, "max_pending_per_client": 4, "setup_timeout_s": 3.0}
     async with running_server(overrides, environ=ENV) as run, aiohttp.ClientSession() as attacker:
@@ -132,6 +133,7 @@ async def test_socket_without_a_valid_start_is_closed_after_setup_timeout() -> N
         assert await _metric(run, 'agent_sessions_rejected_total{reason="setup_timeout"} 2')
 
 
+@pytest.mark.slow
 async def test_phone_stream_that_starts_and_sends_no_media_is_hung_up() -> None:
     async with running_server({"media_timeout_s": 1.0}) as run, aiohttp.ClientSession() as http:
         async with http.ws_connect(_ws_url(run.url)) as ws:
@@ -169,6 +171,7 @@ async def test_webrtc_offer_whose_peer_never_connects_frees_its_slot() -> None:
         await _idle(run)
 
 
+@pytest.mark.slow
 async def test_webrtc_peer_that_connects_and_sends_no_audio_is_hung_up() -> None:
     async with running_server({"media_timeout_s": 1.0, "setup_timeout_s": 5.0}) as run, aiohttp.ClientSession() as http:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -192,6 +195,7 @@ async def test_webrtc_peer_that_connects_and_sends_no_audio_is_hung_up() -> None
         await pc.close()
 
 
+@pytest.mark.slow
 async def test_per_client_pending_offers_get_429() -> None:
     async with running_server({"max_pending_per_client": 2, "setup_timeout_s": 2.0}) as run:
         ghosts = [WebRTCCaller() for _ in range(4)]

@@ -33,6 +33,7 @@ def _words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
 
 
+@pytest.mark.slow
 async def test_browser_call_with_fake_microphone(real_engines, say, tmp_path: Path) -> None:
     speech = say(SENTENCE)
     mic = np.concatenate([np.zeros(16_000, np.int16), speech, np.zeros(16_000 * 8, np.int16)])

@@ -142,6 +142,7 @@ async def _close_of(url: str, messages: list[str]) -> tuple[int | None, str]:
                     return ws.close_code, ""
 
 
+@pytest.mark.slow
 async def test_malformed_twilio_messages_close_with_1007_and_a_reason(no_errors) -> None:
     async with running_server({"header_timeout_s": 1.0}) as run, aiohttp.ClientSession() as http:
         for messages, reason in MALFORMED:
@@ -205,6 +206,7 @@ async def _trickle(writer: asyncio.StreamWriter, stop: asyncio.Event) -> None:
             await asyncio.sleep(0.2)
 
 
+@pytest.mark.slow
 async def test_slowloris_connections_are_closed_after_the_header_timeout() -> None:
     timeout = 1.0
     async with running_server({"header_timeout_s": timeout}) as run:
@@ -224,6 +226,7 @@ async def test_slowloris_connections_are_closed_after_the_header_timeout() -> No
         writer.close()
 
 
+@pytest.mark.slow
 async def test_kept_alive_connections_and_slow_bodies_are_not_cut() -> None:
     timeout = 1.0
     async with running_server({"header_timeout_s": timeout}) as run:

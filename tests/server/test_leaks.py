@@ -8,6 +8,7 @@ import gc
 import threading
 
 import aiohttp
+import pytest
 
 from agent_runtime.server.webrtc_client import WebRTCCaller
 from tests.server.conftest import LONG_REPLY, Running, make_engines, running_server
@@ -57,6 +58,7 @@ async def _settle(before_tasks: int) -> None:
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 async def test_hang_ups_mid_reply_leak_no_tasks_or_threads(speech) -> None:
     async with running_server({"max_sessions": 4}, engines=make_engines(LONG_REPLY)) as run:
         await _batch(run, speech)  # warm-up: lazy imports, the default thread pool

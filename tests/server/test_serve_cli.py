@@ -9,11 +9,13 @@ import signal
 import sys
 
 import aiohttp
+import pytest
 
 from agent_runtime.server.webrtc_client import WebRTCCaller
 from tests.conftest import REPO_ROOT
 
 
+@pytest.mark.slow
 async def test_serve_process_lifecycle(tmp_path) -> None:
     cfg = tmp_path / "server.yaml"
     cfg.write_text("server:\n  shutdown_grace_s: 1.0\n  loopback_only: true\n")
@@ -56,6 +58,7 @@ async def test_serve_process_lifecycle(tmp_path) -> None:
             await proc.wait()
 
 
+@pytest.mark.slow
 async def test_serve_refuses_public_bind_without_token() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent_runtime.cli", "serve", "--instant-engines", "--host", "0.0.0.0",

@@ -19,6 +19,7 @@ async def _post(url: str, data: bytes | str, headers: dict[str, str] | None = No
         return r.status, await r.json(content_type=None), dict(r.headers)
 
 
+@pytest.mark.slow
 async def test_call_hears_the_caller_and_answers(speech) -> None:
     engines = make_engines()
     async with running_server(engines=engines) as run:

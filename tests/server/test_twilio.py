@@ -9,6 +9,7 @@ import time
 
 import aiohttp
 import numpy as np
+import pytest
 
 from agent_runtime.audio import mulaw
 from agent_runtime.audio.resample import resample
@@ -77,6 +78,7 @@ def _ws_url(url: str) -> str:
     return url.replace("http://", "ws://") + "/twilio"
 
 
+@pytest.mark.slow
 async def test_phone_call_media_marks_and_clear_on_barge_in(speech) -> None:
     engines = make_engines(LONG_REPLY)
     async with running_server(engines=engines) as run, aiohttp.ClientSession() as http:

@@ -7,6 +7,7 @@ import time
 
 import aioice.ice
 import numpy as np
+import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
@@ -96,6 +97,7 @@ def test_loopback_candidates_patch_is_reversible() -> None:
     use_loopback_host_candidates(was_patched)
 
 
+@pytest.mark.slow
 async def test_transport_round_trip_and_hang_up() -> None:
     use_loopback_host_candidates(True)
     caller = WebRTCCaller()
@@ -123,6 +125,7 @@ async def test_transport_round_trip_and_hang_up() -> None:
     await agent.close()
 
 
+@pytest.mark.slow
 async def test_jitter_buffer_setting_changes_inbound_latency() -> None:
     shipped = await measure(4, decimate=True, bursts=6, period_s=0.15)
     ours = await measure(0, decimate=True, bursts=6, period_s=0.15)

@@ -124,6 +124,7 @@ async def test_stream_cancel_stops_further_chunks(piper: PiperSynthesizer) -> No
     assert stream.push_text("More text. ") == 0 and stream.flush() == 0
 
 
+@pytest.mark.slow
 def test_shared_voice_is_safe_across_threads(piper: PiperSynthesizer) -> None:
     texts = ["One, two, three.", "Four, five, six."]
     expected = [piper.synthesize_text(t) for t in texts]

@@ -23,6 +23,7 @@ async def speak(synth: PiperSynthesizer, options: SpeechOptions | None = None) -
     return np.concatenate(blocks)
 
 
+@pytest.mark.slow
 async def test_speed_option_halves_the_samples_for_this_stream_only(piper: PiperSynthesizer) -> None:
     normal = await speak(piper)
     fast = await speak(piper, SpeechOptions(speed=2.0))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from agent_runtime.bench.instant import InstantLLM, InstantRecognizer
 from agent_runtime.demo.caller import SimulatedCaller
 from agent_runtime.transport.loopback import LoopbackTransport
@@ -12,6 +14,7 @@ from tests.tts.test_segment_cap import unpunctuated
 from tests.turn.conftest import RecordingSynth, fast_config
 
 
+@pytest.mark.slow
 def test_a_long_unpunctuated_reply_reaches_the_engine_in_capped_segments(say) -> None:
     reply = unpunctuated(600)
     synth = RecordingSynth(sample_rate=16_000, seconds_per_char=0.001)

@@ -41,6 +41,7 @@ def test_wer_helper() -> None:
         "Your package was shipped yesterday and should arrive by Friday. Is there anything else?",
     ],
 )
+@pytest.mark.slow
 def test_piper_then_whisper(piper: PiperSynthesizer, whisper: WhisperRecognizer, text: str) -> None:
     audio = resample(piper.synthesize_text(text), piper.sample_rate, 16_000)
     heard = whisper.transcribe(audio).text
@@ -65,6 +66,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*exe, *args], capture_output=True, text=True, timeout=120, cwd=REPO)
 
 
+@pytest.mark.slow
 def test_synth_cli_streams_and_writes_a_wav(tmp_path: Path, whisper: WhisperRecognizer) -> None:
     text = "Thanks for calling, this is the help desk. How can I help you today?"
     out = tmp_path / "reply.wav"

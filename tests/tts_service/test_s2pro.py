@@ -76,6 +76,7 @@ async def test_websocket_stream_equals_the_local_synthesizer(s2pro):
     assert np.array_equal(joined_pcm(audio), local)
 
 
+@pytest.mark.slow
 async def test_http_options_equal_the_local_synthesizer_with_those_options(s2pro):
     codes = np.load(REPO_ROOT / "tests/fixtures/s2pro/reference_codes.npy")
     fields = {"seed": 3, "temperature": 0.6, "top_p": 0.9, "top_k": 12, "max_new_tokens": 6}

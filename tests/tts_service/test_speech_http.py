@@ -202,6 +202,7 @@ async def test_piper_refuses_what_it_cannot_honour(piper_voice, fields, param):
     assert status == 400 and err["error"]["param"] == param
 
 
+@pytest.mark.slow
 async def test_piper_speed_changes_the_audio(piper_voice):
     async with serving(piper_voice, engine="piper") as srv:
         normal_status, normal, _ = await post(srv.speech_url, {"input": TEXT})
@@ -224,6 +225,7 @@ async def test_input_must_not_be_empty_or_too_long():
 
 
 # -- formats -----------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_wav_pcm_and_streams_carry_the_same_audio(piper_voice):
     """Non-streaming WAV == raw PCM == the SSE chunks joined == the raw PCM stream == the engine locally."""
     local, _segments = await local_stream_audio(piper_voice, TEXT, max_segment_chars=250)
@@ -289,6 +291,7 @@ async def test_engine_failure_mid_request():
 
 
 # -- limits, refusals, hostile input --------------------------------------------------------------
+@pytest.mark.slow
 async def test_busy_at_the_cap_with_retry_after():
     synth = FakeSynth(block_delay_s=0.2)
     async with serving(synth, {"max_streams": 1}) as srv, aiohttp.ClientSession() as http:

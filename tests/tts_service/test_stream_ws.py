@@ -50,6 +50,7 @@ def check_tagging(audio: list[dict]) -> list[str]:
     return texts
 
 
+@pytest.mark.slow
 async def test_stream_matches_the_engine_used_locally(piper_voice):
     local, local_segments = await local_stream_audio(piper_voice, REPLY, max_segment_chars=250)
     async with serving(piper_voice, engine="piper") as srv, aiohttp.ClientSession() as http, \
@@ -296,6 +297,7 @@ async def test_idle_timeout():
         assert srv.server.metrics.rejected.values[("timeout",)] == 2
 
 
+@pytest.mark.slow
 async def test_speaking_after_flush_is_not_idle():
     """A flushed stream longer than idle_timeout_s is spoken to the end."""
     async with serving(FakeSynth(block=400, block_delay_s=0.05), {"idle_timeout_s": 0.3}) as srv, \

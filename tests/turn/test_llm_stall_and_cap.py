@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
+import pytest
 
 from agent_runtime.bench.instant import InstantRecognizer
 from agent_runtime.config import CallerTurn
@@ -53,6 +54,7 @@ class _StallOnceLLM(LLMBackend):
         yield "See you then."
 
 
+@pytest.mark.slow
 def test_llm_stalling_mid_reply_speaks_the_stall_line_and_goes_on(real_engines, say) -> None:
     llm = _StallOnceLLM()
     engines = Engines(real_engines.recognizer, llm, real_engines.synthesizer)
@@ -102,6 +104,7 @@ class _EndlessLLM(LLMBackend):
             self.closed = True
 
 
+@pytest.mark.slow
 def test_reply_cap_stops_the_llm_and_speaks_only_whole_words_within_it(say) -> None:
     llm = _EndlessLLM()
     synth = RecordingSynth(seconds_per_char=0.005)
@@ -139,6 +142,7 @@ class _BreakingLLM(LLMBackend):
             await asyncio.sleep(0.05)
 
 
+@pytest.mark.slow
 def test_llm_failing_after_its_first_words_ends_with_the_stall_line(say) -> None:
     synth = RecordingSynth(seconds_per_char=0.005)
     engines = Engines(InstantRecognizer(), _BreakingLLM(), synth)

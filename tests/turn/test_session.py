@@ -6,6 +6,7 @@ import asyncio
 import re
 
 import numpy as np
+import pytest
 
 from agent_runtime.config import CallerTurn
 from agent_runtime.demo.run import CallerLine, run_call
@@ -27,6 +28,7 @@ def _transcribe(engines: Engines, pcm: np.ndarray) -> str:
     return engines.recognizer.transcribe(pcm.astype(np.float32) / 32768).text
 
 
+@pytest.mark.slow
 def test_one_turn_end_to_end(real_engines, say) -> None:
     config = fast_config()
     result = asyncio.run(run_call(config, real_engines, [_line(say, "What time do you open tomorrow?")]))
@@ -47,6 +49,7 @@ def test_one_turn_end_to_end(real_engines, say) -> None:
     assert [m.role for m in result.session.history] == ["user", "assistant"]
 
 
+@pytest.mark.slow
 def test_pause_mid_sentence_gets_no_premature_reply(real_engines, say) -> None:
     config = fast_config()
     line = _line(say, "Hi, I'd like to know | what time you open tomorrow.", pause_ms=700)
@@ -60,6 +63,7 @@ def test_pause_mid_sentence_gets_no_premature_reply(real_engines, say) -> None:
     assert turn.first_audio_out > utt.end
 
 
+@pytest.mark.slow
 def test_barge_in_stops_playout_and_keeps_heard_text(real_engines, say) -> None:
     config = fast_config(llm={"max_tokens": 80, "system_prompt": "You are a shop assistant. Answer in detail, with at least three sentences."})
     lines = [
@@ -91,6 +95,7 @@ def test_barge_in_stops_playout_and_keeps_heard_text(real_engines, say) -> None:
     assert len(result.metrics.turns) == 2 and "weekends" in " ".join(_words(result.metrics.turns[1].user_text))
 
 
+@pytest.mark.slow
 def test_non_speech_makes_no_turn(real_engines) -> None:
     rng = np.random.default_rng(1)
     noise = (rng.standard_normal(16_000) * 200).astype(np.int16)
@@ -101,6 +106,7 @@ def test_non_speech_makes_no_turn(real_engines) -> None:
     assert result.session.history == []
 
 
+@pytest.mark.slow
 def test_48khz_stereo_caller_is_resampled(real_engines, say) -> None:
     result = asyncio.run(
         run_call(fast_config(), real_engines, [_line(say, "Do you deliver on weekends?")], mic_rate=48_000, mic_channels=2)

@@ -8,6 +8,7 @@ import socket
 import threading
 
 import numpy as np
+import pytest
 from aiohttp import web
 
 from agent_runtime.config import CallerTurn
@@ -37,6 +38,7 @@ def _two_turns(say) -> list[CallerLine]:
     return [CallerLine(CallerTurn(text=t), [say(t)]) for t in texts]
 
 
+@pytest.mark.slow
 def test_dead_llm_server_speaks_fallback_and_keeps_going(real_engines, say) -> None:
     llm = OpenAICompatBackend(base_url=f"http://127.0.0.1:{_free_port()}/v1", model="x", timeout_s=2.0)
     config = fast_config()
@@ -49,6 +51,7 @@ def test_dead_llm_server_speaks_fallback_and_keeps_going(real_engines, say) -> N
     assert np.abs(result.recording[:, 1]).max() > 1000
 
 
+@pytest.mark.slow
 def test_hanging_llm_server_times_out_to_fallback(real_engines, say) -> None:
     """A server that accepts the request and never answers: the first-token timeout speaks the fallback."""
     port = _free_port()
@@ -95,6 +98,7 @@ class _ExplodingLLM(OpenAICompatBackend):
         raise RuntimeError("plugin bug")
 
 
+@pytest.mark.slow
 def test_backend_raising_mid_stream_keeps_session_up(real_engines, say) -> None:
     result = asyncio.run(run_call(fast_config(), _engines_with_llm(real_engines, _ExplodingLLM()), _two_turns(say)))
     assert len(result.metrics.turns) == 2
@@ -111,6 +115,7 @@ class _DyingTTS(ChunkedSynthesizer):
         return DyingUtterance(self.real.open_utterance())
 
 
+@pytest.mark.slow
 def test_tts_dying_mid_reply_keeps_the_session_and_only_the_heard_words(real_engines, say) -> None:
     engines = Engines(real_engines.recognizer, real_engines.llm, _DyingTTS(real_engines.synthesizer))
     config = fast_config(llm={"max_tokens": 60, "system_prompt": "Answer in three full sentences, with commas."})
@@ -156,6 +161,7 @@ async def _call_and_hang_up(config, engines: Engines, speech: np.ndarray) -> Ses
     return session
 
 
+@pytest.mark.slow
 def test_hang_up_mid_reply_ends_every_task(real_engines, say) -> None:
     config = fast_config(llm={"max_tokens": 80, "system_prompt": "Answer with at least four long sentences."})
     speech = say("Tell me about your return policy.")

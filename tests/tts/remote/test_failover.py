@@ -23,6 +23,7 @@ def two_servers(farm):
         farm.stop(proc)
 
 
+@pytest.mark.slow
 def test_server_killed_mid_reply(farm, two_servers) -> None:
     by_url = {p.url: p for p in two_servers}
 
@@ -58,6 +59,7 @@ def test_server_killed_mid_reply(farm, two_servers) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_dead_server_at_open_is_skipped(farm, two_servers) -> None:
     dead, alive = two_servers
     farm.kill(dead)
@@ -81,6 +83,7 @@ def test_dead_server_at_open_is_skipped(farm, two_servers) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_no_server_left_raises_naming_them(farm, two_servers) -> None:
     a, b = two_servers
 
@@ -102,6 +105,7 @@ def test_no_server_left_raises_naming_them(farm, two_servers) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_silent_server_times_out_mid_reply(farm, two_servers) -> None:
     by_url = {p.url: p for p in two_servers}
 
@@ -185,6 +189,7 @@ def test_busy_server_is_retried_elsewhere(farm) -> None:
         farm.stop(other)
 
 
+@pytest.mark.slow
 def test_idle_connection_timed_out_by_the_server_is_replaced(farm) -> None:
     server = farm.start(PIPER_TTS, {"idle_timeout_s": 0.5})
     try:

@@ -109,6 +109,7 @@ def test_decode_wav_formats() -> None:
         decode_wav(b"not a wav file at all")
 
 
+@pytest.mark.slow
 def test_bearer_token_from_token_env(farm, monkeypatch) -> None:
     server = farm.start(PIPER_TTS, {"auth": "on"}, env={"AGENT_RUNTIME_TTS_TOKEN": "s3cret"})
     try:

@@ -75,6 +75,7 @@ async def slow_server(delay: float) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+@pytest.mark.slow
 def test_a_slow_but_answering_server_is_waited_for_not_marked_down() -> None:
     async def main() -> None:
         async with slow_server(delay=1.5) as url:
@@ -91,6 +92,7 @@ def test_a_slow_but_answering_server_is_waited_for_not_marked_down() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_a_stream_silent_past_stall_timeout_fails_alone() -> None:
     async def main() -> None:
         async with slow_server(delay=3.0) as url:

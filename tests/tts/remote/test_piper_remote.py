@@ -22,6 +22,7 @@ def _same(remote: list, local: list) -> None:
         assert np.array_equal(a, b), text
 
 
+@pytest.mark.slow
 def test_piper_over_remote_equals_local(piper_server, piper_voice) -> None:
     async def main() -> None:
         remote = RemoteSynthesizer([piper_server.url])
@@ -40,6 +41,7 @@ def test_piper_over_remote_equals_local(piper_server, piper_voice) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_chunking_and_segment_cap_go_to_the_server(piper_server, piper_voice) -> None:
     from agent_runtime.tts.chunker import ChunkerConfig
 
@@ -58,6 +60,7 @@ def test_chunking_and_segment_cap_go_to_the_server(piper_server, piper_voice) ->
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_barge_in_cancels_on_the_server(piper_server) -> None:
     url = piper_server.url
     before = metric(url, "tts_streams_total", endpoint="stream", outcome="cancelled")
@@ -90,6 +93,7 @@ def test_barge_in_cancels_on_the_server(piper_server) -> None:
     assert metric(url, "tts_streams_total", endpoint="stream", outcome="cancelled") == before + 1
 
 
+@pytest.mark.slow
 def test_cancel_before_connecting_ends_quietly(piper_server) -> None:
     async def main() -> None:
         remote = RemoteSynthesizer([piper_server.url])
@@ -105,6 +109,7 @@ def test_cancel_before_connecting_ends_quietly(piper_server) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_server_errors_end_the_stream_with_its_message(piper_server) -> None:
     async def main() -> None:
         remote = RemoteSynthesizer([piper_server.url])
@@ -126,6 +131,7 @@ def test_server_errors_end_the_stream_with_its_message(piper_server) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_sglang_protocol_against_tts_serve(piper_server, piper_voice) -> None:
     async def main() -> None:
         remote = RemoteSynthesizer([piper_server.url], protocol="sglang-omni", engine_chunking="generic")
@@ -153,6 +159,7 @@ def test_sglang_protocol_against_tts_serve(piper_server, piper_voice) -> None:
     asyncio.run(main())
 
 
+@pytest.mark.slow
 def test_sglang_blocking_synthesize(piper_server, piper_voice) -> None:
     remote = RemoteSynthesizer([piper_server.url], protocol="sglang-omni", engine_chunking="generic")
     text = "We open at nine tomorrow morning."
