@@ -33,6 +33,7 @@ _S2PRO_COMMANDS: list[tuple[str, str]] = [
     ("agent_runtime.tts.s2pro.cli_generate", "register"),
     ("agent_runtime.tts.s2pro.cli_codec", "register"),
     ("agent_runtime.tts.s2pro.cli_synth", "register"),
+    ("agent_runtime.tts.s2pro.serving.bench_serve", "register"),
 ]
 
 

@@ -91,6 +91,12 @@ SAMPLE_RATE_HEADER = "X-Sample-Rate"
 _ids = itertools.count(1)
 
 
+def engine_busy(exc: BaseException) -> bool:
+    """An engine error that means "no capacity now, try again" (an exception with `busy = True`,
+    such as the pooled S2-Pro engine's full pool): answered `busy` like the slot cap."""
+    return getattr(exc, "busy", False) is True
+
+
 class Busy(Exception):
     """No stream slot: `code` is busy or shutting_down."""
 
@@ -406,6 +412,9 @@ class TTSServer:
             if isinstance(exc, ConnectionError):  # the client is gone: nobody reads this answer
                 run.outcome = "cancelled"
                 return web.Response(status=499)
+            if engine_busy(exc):  # e.g. the pooled S2-Pro engine's slots are all taken
+                run.outcome = "error"
+                return self._speech_error(503, str(exc), reason="busy", **{"Retry-After": str(RETRY_AFTER_S)})
             log.exception("stream %s: the engine failed", run.stream_id)
             run.outcome = "error"
             return self._speech_error(500, f"speech synthesis failed: {type(exc).__name__}: {exc}", reason=None)
@@ -804,7 +813,8 @@ class StreamConnection:
                 log.warning("stream %s: the engine failed: %s: %s", run.stream_id, type(exc).__name__, exc)
                 self.state = StreamState.ENDING
                 await self._stop_stream("error")
-                await self.send(ErrorMessage(code="engine_error", message=f"{type(exc).__name__}: {exc}"))
+                code: ErrorCode = "busy" if engine_busy(exc) else "engine_error"
+                await self.send(ErrorMessage(code=code, message=f"{type(exc).__name__}: {exc}"))
             return
         if self.state is StreamState.FLUSHED:
             self.state = StreamState.ENDING

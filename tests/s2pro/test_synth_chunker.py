@@ -98,7 +98,7 @@ def test_cap_never_cuts_a_tag() -> None:
 
 def test_sentence_first_segment_override() -> None:
     # what the session passes for tts.first_segment: sentence
-    cfg = ChunkerConfig(first_min_words=10_000, first_min_chars=10_000)
+    cfg = ChunkerConfig(first_min_words=10_000, first_min_chars=10_000, first_opener_break=False)
     assert segments("Well, let me see, one moment. Then more.", config=cfg) == ["Well, let me see, one moment.", "Then more."]
 
 

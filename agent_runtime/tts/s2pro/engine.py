@@ -42,7 +42,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +61,6 @@ from agent_runtime.tts.s2pro.prompt import (
     S2ProTokenizer,
     TokenizerLike,
     VoiceReference,
-    one_batch_text,
     split_batches,
 )
 from agent_runtime.tts.s2pro.sampling import (
@@ -74,11 +72,17 @@ from agent_runtime.tts.s2pro.sampling import (
     reference_sample,
     sample_window,
 )
+from agent_runtime.tts.s2pro.stream_context import (
+    CONTEXT_RESERVE,
+    MIN_PREFILL_ROWS,
+    PrefixCache,
+    SegmentPlan,
+    StreamContext,
+    prefill_rows,
+)
 
-# fp32 CPU GEMMs give other bits for 1-3 rows than for >= 4 (measured): never prefill fewer rows.
-MIN_PREFILL_ROWS = 16
-# generate_long refuses prompts longer than max_seq_len - 2048.
-CONTEXT_RESERVE = 2048
+__all__ = ["CONTEXT_RESERVE", "MIN_PREFILL_ROWS", "S2ProEngine", "S2ProStream", "StreamCancelled", "naive_generate"]
+
 BATCH_MODES = ("auto", "on", "off")
 # With batching, a round waits this long for the next steps of streams still generating (an async
 # consumer resubmits a moment after receiving its frame) so that they join the batch.
@@ -192,12 +196,6 @@ def _fast_codes(
 
 
 # ---- engine ------------------------------------------------------------------------------------
-
-
-@dataclass
-class _PrefixEntry:
-    values: Tensor  # (N+1, P) prompt values of the prefix
-    kv: list[tuple[Tensor, Tensor]] | None  # per-layer K/V of the P positions (None if too short)
 
 
 StepBatch = Callable[[list["_Segment"]], list[np.ndarray | None]]
@@ -401,11 +399,7 @@ class S2ProEngine:
         bias[cfg.semantic_begin_id - self._win_off : cfg.semantic_end_id + 1 - self._win_off] = 0.0
         bias[self.im_end_id - self._win_off] = 0.0
         self._bias_w = bias
-        self._prefix_cache: collections.OrderedDict[str, _PrefixEntry] = collections.OrderedDict()
-        self._prefix_cache_size = prefix_cache_size
-        self._prefix_lock = threading.Lock()
-        self.prefix_hits = 0
-        self.prefix_misses = 0
+        self.prefix_cache = PrefixCache(self.builder, prefix_cache_size, self._fill_prefix)
         self._fast_stepper = FastARStepper(model)
         self.batch_decode = _batching(batch_decode, max_batch, model.device)
         self.batch_stats = BatchStats()
@@ -498,33 +492,23 @@ class S2ProEngine:
 
     def _prefix(self, voice: VoiceReference | None, use_cache: bool) -> tuple[Tensor, list[tuple[Tensor, Tensor]] | None]:
         """(values, kv) of the system turn for `voice`; kv None when it must be prefilled inline."""
-        key = voice.content_hash() if voice is not None else "<no-voice>"
-        if use_cache:
-            with self._prefix_lock:
-                entry = self._prefix_cache.get(key)
-                if entry is not None:
-                    self._prefix_cache.move_to_end(key)
-                    self.prefix_hits += 1
-                    return entry.values, entry.kv
-        values = self.builder.system_turn(voice)
-        if not use_cache:
-            return values, None
-        kv = None
-        if values.shape[1] >= MIN_PREFILL_ROWS:
-            cache = self._new_cache(values.shape[1])
-            with torch.inference_mode():
-                self._prefill(cache, values, 0, want_output=False)
-            kv = cache.snapshot(values.shape[1])
-        with self._prefix_lock:
-            self.prefix_misses += 1
-            self._prefix_cache[key] = _PrefixEntry(values, kv)
-            while len(self._prefix_cache) > self._prefix_cache_size:
-                self._prefix_cache.popitem(last=False)
-        return values, kv
+        return self.prefix_cache.get(voice, use_cache)
+
+    def _fill_prefix(self, values: Tensor) -> list[tuple[Tensor, Tensor]]:
+        cache = self._new_cache(values.shape[1])
+        self._prefill(cache, values, 0, want_output=False)
+        return cache.snapshot(values.shape[1])
+
+    @property
+    def prefix_hits(self) -> int:
+        return self.prefix_cache.hits
+
+    @property
+    def prefix_misses(self) -> int:
+        return self.prefix_cache.misses
 
     def clear_prefix_cache(self) -> None:
-        with self._prefix_lock:
-            self._prefix_cache.clear()
+        self.prefix_cache.clear()
 
     def _new_cache(self, capacity: int) -> SlowKVCache:
         """An empty slow-AR cache (in the layout of the engine's attention path)."""
@@ -657,11 +641,11 @@ def _compile_per_position(stepper: FastARStepper, caches: list[LayerKV]) -> None
 class _Segment:
     """Generation of one text segment: prefill, then `step()` -> next kept frame or None."""
 
-    def __init__(self, stream: S2ProStream, chunk: Tensor, start: int, max_frames: int) -> None:
+    def __init__(self, stream: S2ProStream, plan: SegmentPlan, max_frames: int) -> None:
         self.stream = stream
-        self.chunk = chunk
-        self.start = start
-        self.prompt_len = start + chunk.shape[1]
+        self.plan = plan
+        self.start = plan.start
+        self.prompt_len = plan.prompt_len
         cfg = stream.engine.cfg
         self.budget = _frame_budget(self.prompt_len, cfg.max_seq_len, max_frames)
         self.index = 0  # frames generated so far
@@ -698,8 +682,7 @@ class _Segment:
         with torch.inference_mode():
             if self.index == 0:
                 # Never prefill fewer than MIN_PREFILL_ROWS rows: re-run some context rows instead.
-                start = max(0, min(self.start, self.prompt_len - MIN_PREFILL_ROWS))
-                values = torch.cat([s._values[:, start : self.start], self.chunk], dim=1)
+                values, start = prefill_rows(s.ctx.values, self.plan)
                 normed, fast_in = eng._prefill(s.cache, values, start)  # type: ignore[misc]
                 previous = None
             else:
@@ -751,22 +734,29 @@ class S2ProStream:
         self.fast_caches = model.new_fast_caches()
         prefix_values, prefix_kv = engine._prefix(voice, use_prefix_cache)
         self.cache = engine._new_cache(prefix_values.shape[1])
-        self._prefix_values = prefix_values
-        self._values = prefix_values  # (N+1, T) everything in the context so far
-        self._prefilled = 0  # positions whose KV came from a prefill (bit-exact context)
+        prefilled = 0  # positions whose KV came from a prefill (bit-exact context)
         if prefix_kv is not None:
             self.cache.restore(prefix_kv)
-            self._prefilled = prefix_values.shape[1]
-        # KV slots that stay valid whatever happens later: a restored prefix is never overwritten.
-        self._prefix_kv_len = self._prefilled
+            prefilled = prefix_values.shape[1]
         hard_limit = engine.cfg.max_seq_len - CONTEXT_RESERVE
         self.max_context = hard_limit if max_context is None else min(max_context, hard_limit)
-        self.restarts = 0  # times the context restarted from the voice prefix
-        self._pending: list[Tensor] | None = None  # frames of the previous segment, not yet in context
-        self._last_turn: Tensor | None = None  # the previous segment's user turn (for a restart)
-        self._finished: list[list[Tensor]] = []
+        self.ctx = StreamContext(engine.builder, prefix_values, prefilled, self.max_context)
         self._segment: _Segment | None = None
         self._lock = threading.Lock()
+
+    @property
+    def restarts(self) -> int:
+        """Times the context restarted from the voice prefix."""
+        return self.ctx.restarts
+
+    @property
+    def _values(self) -> Tensor:
+        """(N+1, T) everything in the context so far (`ctx.values`)."""
+        return self.ctx.values
+
+    @property
+    def _prefilled(self) -> int:
+        return self.ctx.prefilled
 
     def _fast_sample(self, logits: Tensor) -> int:
         n = logits.numel()
@@ -775,55 +765,22 @@ class S2ProStream:
 
     @property
     def context_length(self) -> int:
-        return self._values.shape[1]
+        return self.ctx.values.shape[1]
 
     def cancel(self) -> None:
         """Stop the running segment before its next frame (thread-safe)."""
         self.cancelled.set()
 
     def _begin(self, text: str, max_frames: int | None, raw: bool = False) -> _Segment:
-        if not raw:
-            text = one_batch_text(text)
         with self._lock:
             if self._segment is not None and not self._segment.done:
                 raise RuntimeError("a segment of this stream is still being generated")
             self._finish_segment()
             self.cancelled.clear()
-            builder = self.engine.builder
-            turn = builder.user_turn(text)
-            previous = None  # the previous segment as context: its user turn and its codes
-            if self._pending is not None:
-                previous = builder.assistant_codes_end(self._codes_of(self._pending))
-            appended = torch.cat([self._values, *([previous] if previous is not None else []), turn], dim=1)
-            limit = self.max_context
-            if appended.shape[1] > limit and self._values.shape[1] > self._prefix_values.shape[1]:
-                appended = self._restart(turn, previous, limit)
-            if appended.shape[1] > limit:
-                raise PromptError(
-                    f"prompt is too long: {appended.shape[1]} positions > {limit} (max_seq_len - {CONTEXT_RESERVE}"
-                    " or max_context); split the text or open a new stream"
-                )
-            chunk = appended[:, self._prefilled :]
-            segment = _Segment(self, chunk, self._prefilled, self.max_frames if max_frames is None else max_frames)
-            self._values = appended
-            self._prefilled = appended.shape[1]
-            self._pending = None
-            self._last_turn = turn
+            plan = self.ctx.plan(text, raw)
+            segment = _Segment(self, plan, self.max_frames if max_frames is None else max_frames)
             self._segment = segment
             return segment
-
-    def _restart(self, turn: Tensor, previous: Tensor | None, limit: int) -> Tensor:
-        """The context from the voice prefix again: prefix + the previous segment (user turn and
-        codes, when it fits) + `turn`. Positions past the prefix's cached KV are prefilled anew."""
-        parts = [self._prefix_values]
-        if self._last_turn is not None and previous is not None:
-            kept = [self._prefix_values, self._last_turn, previous, turn]
-            if sum(p.shape[1] for p in kept) <= limit:
-                parts = kept[:-1]
-        self.restarts += 1
-        self._prefilled = self._prefix_kv_len
-        self._finished = self._finished[-1:] if len(parts) > 1 else []
-        return torch.cat([*parts, turn], dim=1)
 
     def _finish_segment(self) -> None:
         """Close the current segment; its kept frames become the pending assistant turn.
@@ -832,20 +789,14 @@ class S2ProStream:
         if seg is None:
             return
         seg.done = True
-        self._finished.append(seg.kept)
-        self._pending = seg.kept
+        self.ctx.finish(seg.kept)
         self._segment = None
 
     @property
     def segments_codes(self) -> list[Tensor]:
         """Kept codes (num_codebooks, frames) of every finished segment still in the context
         (all of them unless the context restarted), in order."""
-        return [self._codes_of(kept) for kept in self._finished]
-
-    def _codes_of(self, kept: list[Tensor]) -> Tensor:
-        if not kept:
-            return torch.zeros((self.engine.cfg.num_codebooks, 0), dtype=torch.long)
-        return torch.stack(kept, dim=1)[1:]
+        return self.ctx.segments_codes
 
     def start_segment(self, text: str, *, max_frames: int | None = None, raw: bool = False) -> _Segment:
         """Begin a segment without generating (the step-by-step form of `add_text`, for callers

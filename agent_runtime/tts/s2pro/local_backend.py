@@ -427,6 +427,9 @@ class LocalUtterance(AsyncUtteranceSynth):
 
     def close(self) -> None:
         self.cancel()
+        close_stream = getattr(self.stream, "close", None)  # a pooled engine's stream frees its slot
+        if close_stream is not None:
+            close_stream()
 
     # -- model-thread helpers ------------------------------------------------------------------------
     def _segment_text(self, text: str) -> str:

@@ -125,6 +125,12 @@ def load_local(
     batch_decode: str = "auto",
     max_batch: int = 16,
     threads: int = 0,
+    engine: str = "single",
+    max_streams: int = 64,
+    max_len: int = 4096,
+    prefill_chunk: int = 512,
+    graphs: bool = True,
+    noise: str = "auto",
 ) -> S2ProBackend:
     """Load the local backend (blocking: seconds on the real 9 GB checkpoint).
 
@@ -153,6 +159,11 @@ def load_local(
     first frames (docs/perf_dual_ar.md, "When batching is exact").
     `threads`: torch intra-op threads of the model thread, where every model and codec operation
     runs (0: torch's count in the loading thread at load time).
+    `engine`: single (`S2ProEngine`, the exact reference) or pooled (`serving.PooledEngine`: a slot
+    pool of `max_streams` calls of up to `max_len` context positions each, prompts prefilled
+    `prefill_chunk` positions at a time, the step captured as CUDA `graphs`, sampling `noise`
+    auto/generator/counter; the single engine's compile_*, attention, batch_decode and max_batch
+    do not apply to it). See docs/engines.md.
     """
     import torch
 
@@ -163,12 +174,19 @@ def load_local(
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"s2pro: device {device!r} but CUDA is not available (use device: cpu)")
+    if engine not in ("single", "pooled"):
+        raise ConfigError(f"s2pro: engine must be single or pooled; got {engine!r}")
+    pool = None
+    if engine == "pooled":
+        from agent_runtime.tts.s2pro.serving.engine import pool_config
+
+        pool = pool_config(max_streams, max_len, prefill_chunk, graphs, noise)
     if dtype == "auto":
         dtype = "bf16" if device.startswith("cuda") else "fp32"
     if compile_fast not in ("auto", True, False):
         raise ConfigError(f"s2pro: compile_fast must be auto, true or false; got {compile_fast!r}")
     if compile_fast == "auto":
-        compile_fast = device.startswith("cuda")
+        compile_fast = device.startswith("cuda") and engine != "pooled"
         if compile_fast:
             log.info("s2pro: the fast AR runs as CUDA graphs; the warm-up compiles them (about 40 s)")
     if dtype not in DTYPE_NAMES:
@@ -182,16 +200,25 @@ def load_local(
     )
     reference = load_voice(voice, voice_library)
     started = time.perf_counter()
-    engine = S2ProEngine.load(
-        checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]),
-        prefix_cache_size=prefix_cache_size, compile_fast=compile_fast, compile_slow=compile_slow, attention=attention,
-        batch_decode=batch_decode, max_batch=int(max_batch), threads=int(threads),
-    )  # fmt: skip
+    engine_obj: Any
+    if pool is not None:
+        from agent_runtime.tts.s2pro.serving.engine import PooledEngine
+
+        engine_obj = PooledEngine.load(
+            checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]), pool=pool,
+            prefix_cache_size=prefix_cache_size, threads=int(threads),
+        )  # fmt: skip
+    else:
+        engine_obj = S2ProEngine.load(
+            checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]),
+            prefix_cache_size=prefix_cache_size, compile_fast=compile_fast, compile_slow=compile_slow,
+            attention=attention, batch_decode=batch_decode, max_batch=int(max_batch), threads=int(threads),
+        )  # fmt: skip
     try:
         codec_model = load_codec(codec, codec_config, dtype=codec_dtype, device=device)
-        backend = LocalBackend(engine, codec_model, reference, settings, voice_library)
+        backend = LocalBackend(engine_obj, codec_model, reference, settings, voice_library)
     except BaseException:
-        engine.close()
+        engine_obj.close()
         raise
     log.info(
         "S2-Pro local backend: %s on %s (%s), codec %s, voice %s, loaded in %.1f s",
