@@ -25,6 +25,23 @@ class VADConfig(_Strict):
     min_speech_ms: int = Field(120, ge=10, description="voiced audio needed to declare speech")
     stop_silence_ms: int = Field(100, ge=20, description="silence after speech that counts as a pause")
     pre_roll_ms: int = Field(300, ge=0, description="audio kept before speech starts")
+    end_of_speech: Literal["energy", "webrtcvad"] = Field(
+        "energy",
+        description="how the end of speech is dated: 'energy' (webrtcvad plus an energy gate: within a few "
+        "ms of the last audible sound) or 'webrtcvad' (its last voiced frame, 100-150 ms later)",
+    )
+    tail_drop_db: float = Field(
+        40.0, gt=0, description="energy gate: frames this far below the loudest frame of speech are silence"
+    )
+    tail_noise_margin_db: float = Field(
+        3.0, ge=0, description="energy gate: frames less than this above the noise floor are silence"
+    )
+    tail_min_snr_db: float = Field(
+        25.0, ge=0, description="energy gate off while speech is less than this above the noise floor"
+    )
+    resume_window_ms: int = Field(
+        500, ge=0, description="after a pause starts, one speech frame within this long resumes speech"
+    )
 
     @model_validator(mode="after")
     def _frame(self) -> VADConfig:
@@ -60,9 +77,16 @@ class TurnConfig(_Strict):
 class ASRConfig(_Strict):
     model: str = Field("tiny.en", description="local dir, packaged model name, or hub name")
     compute_type: str = Field("int8", description="CTranslate2 compute type")
-    cpu_threads: int = Field(2, ge=0, description="threads for the ASR model (0 = library default)")
+    cpu_threads: int = Field(
+        2, ge=0, description="threads of each ASR worker (0 = the usable cores, at most 4, shared out between the workers)"
+    )
     language: str | None = Field("en", description="language code, or null to detect")
     beam_size: int = Field(1, ge=1, description="1 = greedy decoding (lowest latency)")
+    workers: int = Field(
+        1, ge=1, le=64,
+        description="turns transcribed at once across all calls of the process (one model, its weights shared "
+        "by the workers); the others queue (agent_asr_wait_seconds). Keep workers x cpu_threads <= CPU cores",
+    )
 
 
 class LLMConfig(_Strict):

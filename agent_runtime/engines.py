@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 
 from agent_runtime.config import AppConfig
-from agent_runtime.turn.session import Engines
+from agent_runtime.engine_set import Engines
 
 log = logging.getLogger("agent_runtime.engines")
 
@@ -28,10 +29,16 @@ def build_engines(config: AppConfig, *, warm_loop: asyncio.AbstractEventLoop | N
     t = time.perf_counter()
     a = config.asr
     recognizer = WhisperRecognizer(
-        model=a.model, compute_type=a.compute_type, cpu_threads=a.cpu_threads, language=a.language,
-        beam_size=a.beam_size,
+        model=a.model, compute_type=a.compute_type, cpu_threads=a.cpu_threads, num_workers=a.workers,
+        language=a.language, beam_size=a.beam_size,
     )
-    log.info("ASR ready: whisper %s (%.1f s)", a.model, time.perf_counter() - t)
+    log.info("ASR ready: whisper %s, %d worker(s) (%.1f s)", a.model, a.workers, time.perf_counter() - t)
+    cores = usable_cores()
+    if a.workers * max(a.cpu_threads, 1) > cores:
+        log.warning(
+            "asr.workers x asr.cpu_threads = %d threads on %d CPU cores: decodes will slow each other down",
+            a.workers * max(a.cpu_threads, 1), cores,
+        )
     t = time.perf_counter()
     llm = create_backend(config.llm.backend, dict(config.llm.options))
     log.info("LLM backend ready: %s (%.1f s)", config.llm.backend, time.perf_counter() - t)
@@ -43,6 +50,30 @@ def build_engines(config: AppConfig, *, warm_loop: asyncio.AbstractEventLoop | N
     if warm_loop is not None:
         warm_up_blocking(engines, warm_loop)
     return engines
+
+
+def build_instant_engines(config: AppConfig, *, reply: str, llm_from_config: bool = False) -> Engines:
+    """Stand-in engines that answer at once (agent_runtime/bench/instant.py), replying `reply`.
+
+    With `llm_from_config` the LLM is the one `config.llm` names (loaded, not warmed), so a real LLM
+    client path runs while ASR and TTS answer instantly (the chaos campaign's fault-injecting LLM)."""
+    from agent_runtime.bench.instant import InstantLLM, InstantRecognizer, InstantSynthesizer
+
+    if llm_from_config:
+        from agent_runtime.llm.registry import create_backend
+
+        llm = create_backend(config.llm.backend, dict(config.llm.options))
+    else:
+        llm = InstantLLM(reply)
+    return Engines(recognizer=InstantRecognizer(), llm=llm, synthesizer=InstantSynthesizer())
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def tts_choice_message(config: AppConfig) -> str:

@@ -5,7 +5,9 @@ A package adds an engine by declaring, in its pyproject.toml::
     [project.entry-points."agent_runtime.llm_backends"]     # or agent_runtime.tts_engines
     mybackend = "my_package:MyBackend"
 
-The class is built with `from_options(**options)` from the config's `options` mapping.
+The class is built with `from_options(**options)` from the config's `options` mapping. A class
+that cannot be built (no `from_options`, abstract methods left unimplemented) is a one-line
+ConfigError naming what is missing, not a traceback.
 """
 
 from __future__ import annotations
@@ -39,14 +41,31 @@ def create(group: str, kind: str, base: type[T], name: str, options: dict[str, A
         cls = plugins[name].load()
     except (ImportError, AttributeError) as exc:
         raise ConfigError(f"{kind} {name!r} could not be imported ({plugins[name].value}): {exc}") from None
-    if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise ConfigError(f"{kind} {name!r} ({plugins[name].value}) is not a {base.__name__} subclass")
+    problem = contract_problem(cls, base)
+    if problem:
+        raise ConfigError(f"{kind} {name!r} ({plugins[name].value}) {problem} (see docs/plugins.md)")
     try:
         return cls.from_options(**(options or {}))  # type: ignore[attr-defined]
     except AgentRuntimeError:
         raise
     except TypeError as exc:
         raise ConfigError(f"options for {kind} {name!r}: {exc}") from None
+
+
+def contract_problem(cls: object, base: type) -> str | None:
+    """Why `cls` cannot be built as a `base` plugin, or None: not a subclass, no `from_options`,
+    abstract methods left unimplemented."""
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        return f"is not a {base.__name__} subclass"
+    if not callable(getattr(cls, "from_options", None)):
+        return (
+            "has no from_options classmethod: add `@classmethod def from_options(cls, **options): "
+            "return cls(**options)`"
+        )
+    missing = sorted(getattr(cls, "__abstractmethods__", ()))
+    if missing:
+        return f"does not implement {', '.join(missing)}"
+    return None
 
 
 def check_plugins(config: AppConfig) -> None:

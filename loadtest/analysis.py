@@ -1,7 +1,10 @@
 """What the caller experienced, from the arrival times and loudness of the agent's audio frames.
 
-- voice-to-voice: end of the caller's speech -> first audible agent frame that arrives after it (an
-  agent burst already playing when the caller stopped is skipped: that is the old reply).
+- voice-to-voice at the client: the caller's last audible sound leaving (`Utterance.speech_end`: the
+  last 10 ms block above -45 dBFS in the audio it sent) -> the first audible agent frame that arrives
+  after it (an agent burst already playing when the caller stopped is skipped: that is the old reply).
+  The server's own figure (its VAD's end of speech -> its first audio frame sent) is in the report
+  next to it (`server_voice_to_voice_ms`).
 - barge-in stop: onset of speech spoken over the agent -> the last audible agent frame before a silence
   of `measure.stop_quiet_ms` (+ one frame). Only counted when the agent was audible as the caller began.
 - gaps (underruns): silences longer than `measure.underrun_min_ms` inside a reply (onset to its last
@@ -61,10 +64,11 @@ def analyze_call(rec: CallRecord, m: Measure, run_t0: float) -> list[dict[str, A
             "barge_in": u.barge_in, "barge_in_ms": None, "server_interrupt": None,
         }
         # onset: first run that starts after the end of speech (and before the next utterance)
-        k = bisect.bisect_left(onsets.starts, u.end)
+        spoken_end = u.end if u.speech_end is None else u.speech_end
+        k = bisect.bisect_left(onsets.starts, spoken_end)
         if k < len(onsets.starts) and onsets.starts[k] < window_end:
             onset = onsets.starts[k]
-            sample["voice_to_voice_ms"] = round((onset - u.end) * 1000, 1)
+            sample["voice_to_voice_ms"] = round((onset - spoken_end) * 1000, 1)
             lo = bisect.bisect_left(audible, onset)
             hi = bisect.bisect_left(audible, window_end)
             reply = audible[lo:hi]

@@ -77,7 +77,7 @@ def build(
 
 def text_summary(doc: dict[str, Any]) -> str:
     lines = [f"{doc['target']} ({doc['mode']}) at {doc['url']}: scenario {doc['scenario']['name']!r}"]
-    lines.append(f"{'calls':>6} {'conc':>5} {'v2v p50':>8} {'p95':>6} {'p99':>6} {'barge p95':>10} "
+    lines.append(f"{'calls':>6} {'conc':>5} {'v2v p50':>8} {'p95':>6} {'p99':>6} {'server':>7} {'barge p95':>10} "
                  f"{'fail':>5} {'drop':>5} {'underrun':>9} {'rss MB':>7}  SLO")
     for lv in doc["levels"]:
         v, b = lv["voice_to_voice_ms"], lv["barge_in_ms"]
@@ -87,14 +87,21 @@ def text_summary(doc: dict[str, Any]) -> str:
 
         lines.append(
             f"{lv['calls']:>6} {lv['concurrency']:>5} {f(v['p50']):>8} {f(v['p95']):>6} {f(v['p99']):>6} "
-            f"{f(b['p95']):>10} {lv['failed_calls']:>5} {lv['dropped_calls']:>5} {lv['underrun_rate']:>9.2%} "
+            f"{f(_server_p50_ms(lv)):>7} {f(b['p95']):>10} {lv['failed_calls']:>5} {lv['dropped_calls']:>5} {lv['underrun_rate']:>9.2%} "
             f"{f(lv['server_rss_mb']['max']):>7}  {'ok' if lv['slo_ok'] else 'FAIL'}"
         )
+    lines.append("v2v = at the caller: its last audible sound -> the first audible agent audio it received; "
+                 "server = the server's own p50 (its end of speech -> first audio sent)")
     if doc.get("rss_growth_mb") is not None:
         lines.append(f"server RSS growth over the run (after warm-up): {doc['rss_growth_mb']:+.1f} MB")
     if doc["stopped_early"]:
         lines.append(f"stopped early: {doc['stopped_early']}")
     return "\n".join(lines)
+
+
+def _server_p50_ms(level: dict[str, Any]) -> float | None:
+    """The server's voice-to-voice p50 for a level (from its Prometheus histogram), ms."""
+    return (level.get("server_voice_to_voice_ms") or {}).get("p50")
 
 
 def write_json(doc: dict[str, Any], out: Path) -> Path:

@@ -25,6 +25,8 @@ class Utterance:
     end: float
     expects_reply: bool  # speech (not noise)
     barge_in: bool = False  # spoken over the agent's reply
+    speech_end: float | None = None
+    """When the caller's last audible sound left (`Leg.speech_end`); voice to voice counts from it."""
 
 
 @dataclass
@@ -113,7 +115,8 @@ async def run_script(
                     await _sleep_until(onset + step.barge_in_after_ms / 1000)
                     over = True
             start, end = await leg.say(pcm)
-            record.utterances.append(Utterance(idx, start, end, step.speaks, over))
+            spoken_end = leg.speech_end(pcm, start, end) if step.speaks else None
+            record.utterances.append(Utterance(idx, start, end, step.speaks, over, spoken_end))
             if not step.speaks:
                 continue
             last_speech_end = end

@@ -1,6 +1,6 @@
 """Starting what is under test as a subprocess on a free loopback port, and stopping it.
 
-`agent-runtime serve` (real engines, or instant ones through `loadtest.instant_server`), the shared
+`agent-runtime serve` (real engines, or `--instant-engines --instant-reply long`), the shared
 `agent-runtime llm-serve`, and the Pipecat bot (in .venv-pipecat). Each prints its URL on stdout; we
 wait (bounded) for it to answer, then hand back the URL and the PID to watch.
 """
@@ -106,16 +106,24 @@ async def _drain(stream: asyncio.StreamReader) -> None:
             pass
 
 
+INSTANT_LONG_REPLY = ["--instant-engines", "--instant-reply", "long"]
+"""`serve` flags for stand-in engines whose reply lasts about 4 s: long enough to talk over."""
+
+
+def runtime_argv(*, instant: bool, config: Path | None, port: int) -> list[str]:
+    """The `agent-runtime serve` command line the harness runs (a process of its own)."""
+    argv = [sys.executable, "-m", "agent_runtime.cli", "serve", "--port", str(port), "--host", "127.0.0.1",
+            "--loopback-only"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    if instant:
+        argv += INSTANT_LONG_REPLY
+    return argv
+
+
 async def start_runtime(*, instant: bool, config: Path | None, timeout: float = 180.0) -> Proc:
     """`agent-runtime serve` on a free loopback port (instant: with the long-reply instant engines)."""
-    port = str(free_port())
-    common = ["--port", port, "--host", "127.0.0.1", "--loopback-only"]
-    if config is not None:
-        common += ["--config", str(config)]
-    if instant:
-        argv = [sys.executable, "-m", "loadtest.instant_server", *common]
-    else:
-        argv = [sys.executable, "-m", "agent_runtime.cli", "serve", *common]
+    argv = runtime_argv(instant=instant, config=config, port=free_port())
     return await start("agent-runtime serve", argv, "/readyz", timeout)
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from agent_runtime.asr.lanes import LanePool
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,8 @@ class Transcript:
     processing_seconds: float = 0.0
     language: str = "en"
     no_speech_prob: float = 0.0
+    wait_seconds: float = 0.0
+    """Time the request queued for a free recognizer lane before decoding started."""
 
     @property
     def is_empty(self) -> bool:
@@ -28,14 +31,25 @@ class Recognizer(ABC):
     """Turns mono float32 audio at `sample_rate` into text.
 
     `transcribe` is blocking (it runs the model); the runtime calls `atranscribe`, which runs it in
-    a worker thread so the event loop never blocks. Implementations must be safe to call from one
-    thread at a time; `atranscribe` serialises calls.
+    a worker thread so the event loop never blocks. An implementation declares in `concurrency` how
+    many `transcribe` calls it can run at once from different threads (1: one at a time);
+    `atranscribe` queues every caller of the process for one of that many lanes (`lanes`), in
+    arrival order, and reports the wait in `Transcript.wait_seconds`.
     """
 
     sample_rate: int = 16_000
+    concurrency: int = 1
 
     def __init__(self) -> None:
-        self._lock: asyncio.Lock | None = None
+        self._lanes: LanePool | None = None
+
+    @property
+    def lanes(self) -> LanePool:
+        """The process-wide queue in front of this recognizer (`concurrency` lanes)."""
+        lanes = getattr(self, "_lanes", None)  # a subclass may not call __init__
+        if lanes is None:
+            lanes = self._lanes = LanePool(self.concurrency)
+        return lanes
 
     @abstractmethod
     def transcribe(self, audio: np.ndarray) -> Transcript:
@@ -46,7 +60,6 @@ class Recognizer(ABC):
         self.transcribe(np.zeros(self.sample_rate // 2, dtype=np.float32))
 
     async def atranscribe(self, audio: np.ndarray) -> Transcript:
-        if self._lock is None:
-            self._lock = asyncio.Lock()
-        async with self._lock:
-            return await asyncio.to_thread(self.transcribe, audio)
+        """`transcribe` in a worker thread once a lane is free; the wait is in `wait_seconds`."""
+        transcript, wait = await self.lanes.run(self.transcribe, audio)
+        return replace(transcript, wait_seconds=wait)

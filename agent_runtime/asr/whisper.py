@@ -91,7 +91,7 @@ class WhisperOptions:
 
 
 class WhisperRecognizer(Recognizer):
-    """faster-whisper `Recognizer` for 16 kHz mono float32 turns."""
+    """faster-whisper `Recognizer` for 16 kHz mono float32 turns; `num_workers` threads may transcribe at once."""
 
     sample_rate = 16_000
 
@@ -109,11 +109,16 @@ class WhisperRecognizer(Recognizer):
         """Load the model (blocking; about 1-2 s for tiny.en on CPU).
 
         `model`: local CTranslate2 directory, packaged model name (`tiny.en`) or hub name (network
-        only). `compute_type` defaults to int8 on CPU and float16 on CUDA. `cpu_threads` 0 means
-        the usable cores, at most 4 (CTranslate2's own default of 4 oversubscribes small machines).
+        only). `compute_type` defaults to int8 on CPU and float16 on CUDA. `num_workers` is how many
+        turns decode at once (CTranslate2 replicas of one model sharing its weights; `atranscribe`
+        queues the rest). `cpu_threads` is per worker; 0 means the usable cores (at most 4) shared
+        out between the workers (CTranslate2's own default of 4 oversubscribes small machines).
         Keyword overrides set `WhisperOptions` fields.
         """
         super().__init__()
+        if num_workers < 1:
+            raise ConfigError(f"whisper num_workers must be at least 1, not {num_workers}")
+        self.concurrency = num_workers
         self.options = _merge_options(options or WhisperOptions(), option_overrides)
         self.model_path = resolve_whisper_model(model)
         self.device = device
@@ -130,7 +135,7 @@ class WhisperRecognizer(Recognizer):
                 self.model_path,
                 device=device,
                 compute_type=self.compute_type,
-                cpu_threads=cpu_threads or _usable_cores(4),
+                cpu_threads=cpu_threads or max(1, _usable_cores(4) // num_workers),
                 num_workers=num_workers,
                 local_files_only=_hub_offline(),
             )

@@ -1,4 +1,4 @@
-"""`agent-runtime bench voice|overhead|tts-wire`: latency benchmarks that print figures and same-run ratios."""
+"""`agent-runtime bench voice|overhead|tts-wire|asr-pool`: latency benchmarks that print figures and same-run ratios."""
 
 from __future__ import annotations
 
@@ -62,6 +62,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--chars-per-s", type=float, default=60.0, help="text rate of the simulated LLM")
     w.add_argument("--json-out", type=Path, default=None, help="write the figures and samples as JSON")
     w.set_defaults(func=_tts_wire)
+    a = bsub.add_parser(
+        "asr-pool",
+        help="ASR wait and transcript latency at 1, 8 and 16 concurrent calls: one lane vs the worker pool",
+        description=(
+            "Simulated calls share one Whisper tiny.en recognizer as the calls of one server do: each speaks a "
+            "caller line, asks for its transcript, waits for the agent's reply, repeats. Runs every level twice "
+            "in one run: before = one lane (asr.workers: 1) with all the threads, after = --workers lanes "
+            "(asr.workers) with the same threads shared out. Prints ASR wait (queued for a free worker) and "
+            "transcript latency p50/p99 with after/before ratios. See docs/performance.md."
+        ),
+    )
+    a.add_argument("--calls", type=int, nargs="+", default=[1, 8, 16], help="concurrency levels")
+    a.add_argument("--workers", type=int, default=None,
+                   help="workers of the pool (default: the usable CPU cores, at most 4)")
+    a.add_argument("--threads", type=int, default=None,
+                   help="CPU threads in all, on both sides (default: the usable CPU cores, at most 4)")
+    a.add_argument("--worker-threads", type=int, default=None,
+                   help="CPU threads of each pool worker (default: --threads shared out between the workers)")
+    a.add_argument("--turns", type=int, default=3, help="caller turns per call")
+    a.add_argument("--gap-s", type=float, default=2.0, help="seconds of agent reply between a call's turns")
+    a.add_argument("--rounds", type=int, default=2, help="runs per side per level, alternating which side goes first")
+    a.add_argument("--json-out", type=Path, default=None, help="write the figures as JSON")
+    a.set_defaults(func=_asr_pool)
     p.set_defaults(func=lambda _a: p.print_help() or 2)
 
 
@@ -162,6 +185,34 @@ async def _tts_wire_main(args: argparse.Namespace) -> int:
         print("bench tts-wire: --streams and --rounds must be >= 1")
         return 2
     out = await run_tts_wire(args.streams, args.rounds, config=args.config, chars_per_s=args.chars_per_s)
+    machine = machine_description()
+    out["machine"] = machine
+    print()
+    print(format_table(out, machine))
+    if args.json_out:
+        args.json_out.parent.mkdir(parents=True, exist_ok=True)
+        args.json_out.write_text(json.dumps(out, indent=2))
+    return 0
+
+
+def _asr_pool(args: argparse.Namespace) -> int:
+    return asyncio.run(_asr_pool_main(args))
+
+
+async def _asr_pool_main(args: argparse.Namespace) -> int:
+    from agent_runtime.bench.asr_pool import format_table, run_asr_pool
+    from agent_runtime.bench.overhead import machine_description
+    from agent_runtime.engines import usable_cores
+
+    cores = min(usable_cores(), 4)
+    threads = args.threads or cores
+    workers = args.workers or cores
+    if min(args.calls) < 1 or min(args.turns, args.rounds, threads, workers, args.worker_threads or 1) < 1 \
+            or args.gap_s < 0:
+        print("bench asr-pool: --calls, --turns, --rounds, --threads and --workers must be >= 1, --gap-s >= 0")
+        return 2
+    out = await run_asr_pool(args.calls, workers=workers, threads=threads, turns=args.turns, gap_s=args.gap_s,
+                             rounds=args.rounds, worker_threads=args.worker_threads)
     machine = machine_description()
     out["machine"] = machine
     print()

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("agent_runtime.server")
@@ -27,7 +28,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, default=None, help="YAML config (default: built-in defaults)")
     p.add_argument(
         "--instant-engines", action="store_true",
-        help="answer with instant stand-in engines (fixed transcript, reply and tone): for testing and overhead",
+        help="answer with instant stand-in engines (fixed transcript, reply and tone): for testing, load tests "
+        "and overhead; the configured engines are not loaded",
+    )
+    p.add_argument(
+        "--instant-reply", metavar="short|long|FILE", default=None,
+        help="with --instant-engines: the reply the instant LLM gives; short (default, about 0.6 s of tone), "
+        "long (about 4 s: long enough to talk over) or a UTF-8 text file",
+    )
+    p.add_argument(
+        "--instant-llm-from-config", action="store_true",
+        help="with --instant-engines: instant ASR and TTS, but the LLM the config names (llm.backend/options), "
+        "so the real LLM client runs (e.g. against a fault-injecting LLM server)",
     )
     p.add_argument(
         "--loopback-only", action="store_true", help="offer only 127.0.0.1 ICE candidates (server.loopback_only)"
@@ -35,16 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_run)
 
 
-def instant_engines():
-    """Stand-in engines that answer at once (see agent_runtime/bench/instant.py)."""
-    from agent_runtime.bench.instant import InstantLLM, InstantRecognizer, InstantSynthesizer
-    from agent_runtime.turn.session import Engines
-
-    return Engines(recognizer=InstantRecognizer(), llm=InstantLLM(), synthesizer=InstantSynthesizer())
-
-
 def _run(args: argparse.Namespace) -> int:
     from agent_runtime.config import load_config
+    from agent_runtime.errors import ConfigError
+
+    if not args.instant_engines and (args.instant_reply is not None or args.instant_llm_from_config):
+        raise ConfigError("--instant-reply and --instant-llm-from-config need --instant-engines")
+    if args.instant_reply is not None and args.instant_llm_from_config:
+        raise ConfigError("--instant-reply and --instant-llm-from-config exclude each other (the LLM writes the reply)")
 
     overrides: dict = {"server": {}}
     if args.host is not None:
@@ -56,16 +66,39 @@ def _run(args: argparse.Namespace) -> int:
     if not getattr(args, "verbose", False):
         logging.getLogger("aioice").setLevel(logging.WARNING)  # one INFO line per ICE check otherwise
     config = load_config(args.config, overrides)
-    return asyncio.run(serve(config, instant=args.instant_engines))
+    instant = None
+    if args.instant_engines:
+        from agent_runtime.bench.instant import reply_text
+
+        instant = InstantEngines(reply_text(args.instant_reply or "short"), args.instant_llm_from_config)
+    return asyncio.run(serve(config, instant=instant))
 
 
-async def serve(config, *, instant: bool = False, ready: asyncio.Event | None = None) -> int:
-    """Run the server until SIGINT/SIGTERM, then drain and stop."""
+@dataclass(frozen=True, slots=True)
+class InstantEngines:
+    """`serve --instant-engines`: what the stand-in engines answer."""
+
+    reply: str
+    """The instant LLM's reply text."""
+    llm_from_config: bool = False
+    """Use the configured LLM instead of the instant one."""
+
+
+async def serve(config, *, instant: InstantEngines | None = None, ready: asyncio.Event | None = None) -> int:
+    """Run the server until SIGINT/SIGTERM, then drain and stop. With `instant`, on stand-in engines."""
     from agent_runtime.server.app import CallServer
     from agent_runtime.server.slowloris import start_http
 
-    if instant:
-        load = instant_engines
+    if instant is not None:
+        from agent_runtime.engines import build_instant_engines
+
+        if instant.llm_from_config:
+            from agent_runtime.plugins import check_plugins
+
+            check_plugins(config)
+
+        def load():
+            return build_instant_engines(config, reply=instant.reply, llm_from_config=instant.llm_from_config)
     else:
         from agent_runtime.engines import build_engines
         from agent_runtime.plugins import check_plugins

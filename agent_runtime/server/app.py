@@ -154,6 +154,7 @@ class CallServer:
             self.metrics.errors.inc("engine_load")
             log.exception("loading the engines failed")
             return
+        self.engines.recognizer.lanes.add_listener(self.metrics.asr_wait.observe)
         log.info("engines ready in %.1f s: accepting calls", time.perf_counter() - t)
 
     # -- operations -------------------------------------------------------------------------------
@@ -175,6 +176,10 @@ class CallServer:
         for kind in ("webrtc", "twilio"):
             self.metrics.active_sessions.set(sum(c.kind == kind for c in calls.values()), kind)
             self.metrics.pending.set(self.admission.pending(kind=kind), kind)
+        if self.engines is not None:
+            lanes = self.engines.recognizer.lanes
+            self.metrics.asr_queued.set(lanes.waiting)
+            self.metrics.asr_busy.set(lanes.busy)
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
                             headers={"X-Prometheus-Format": "0.0.4"})
 

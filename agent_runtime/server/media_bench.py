@@ -10,6 +10,14 @@ side (`WebRTCTransport`, exactly as the server uses it). Tone bursts mark instan
   `transport.send()`, paced out, Opus, UDP -> the first decoded frame of it arriving at the caller.
 
 The caller's own receive buffer is pass-through, so the outbound figure is what the agent side adds.
+
+`voice_calls` times whole turns as the caller hears them: a real server (`CallServer`, the engines the
+config names) on loopback, an aiortc caller speaking piper-synthesized questions of three kinds (plain,
+with a mid-sentence pause, long). Voice to voice *at the client* runs from the caller's last audible
+sound (the end of the last 10 ms above -45 dBFS in the audio the caller's track sent) to the agent's
+first audible sample (peak above `AGENT_AUDIBLE_PEAK`) in the audio the caller received; the server's
+own figure for the same turn (`voice_to_voice_ms` of its live `latency` event: its end of speech to its
+first audio frame sent) is printed next to it.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import asyncio
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection
@@ -140,3 +149,179 @@ async def compare(bursts: int = 30, modes: list[tuple[str, int, bool]] | None = 
     for label, packets, decimate in modes or MODES:
         results[label] = await measure(packets, decimate=decimate, bursts=bursts)
     return results
+
+
+# -- voice to voice at the client ---------------------------------------------------------------------
+CALLER_AUDIBLE_DBFS = -45.0
+AGENT_AUDIBLE_PEAK = 300  # int16 peak: the load harness's `measure.audible_peak`
+QUESTIONS: list[tuple[str, list[str], int]] = [
+    ("plain", ["What time do you open tomorrow?"], 0),
+    ("pause", ["Hi, I'd like to know", "what time you open tomorrow."], 700),  # as in the demo
+    (
+        "long",
+        [
+            "Hello, I bought a pair of headphones from your shop last week and the left side stopped "
+            "working yesterday. Can I return them if I do not have the receipt any more?"
+        ],
+        0,
+    ),
+]
+VAD_MODES: list[tuple[str, str]] = [
+    ("before: end of speech = webrtcvad's last voiced frame", "webrtcvad"),
+    ("after: end of speech = energy gate", "energy"),
+]
+
+
+def caller_speech_end(sent: list[tuple[float, np.ndarray]], rate: int = WEBRTC_RATE) -> float | None:
+    """When the caller's last audible sound left: the end of the last 10 ms block above
+    `CALLER_AUDIBLE_DBFS` in the frames its track sent, `(departure time, pcm)` each."""
+    from agent_runtime.vad.endpointer import frame_dbfs
+
+    block = rate // 100
+    for t, pcm in reversed(sent):
+        for k in range(len(pcm) // block, 0, -1):
+            if frame_dbfs(pcm[(k - 1) * block : k * block]) >= CALLER_AUDIBLE_DBFS:
+                return t + k * block / rate
+    return None
+
+
+def agent_onset(
+    received: list[tuple[float, np.ndarray]], after: float, rate: int = WEBRTC_RATE
+) -> float | None:
+    """The first audible agent sample arriving after `after`: its frame's arrival + its offset."""
+    for t, pcm in received:
+        if t < after:
+            continue
+        loud = np.flatnonzero(np.abs(pcm.astype(np.int32)) > AGENT_AUDIBLE_PEAK)
+        if len(loud):
+            return t + loud[0] / rate
+    return None
+
+
+def question_audio(say) -> list[tuple[str, np.ndarray]]:
+    """(kind, int16 16 kHz audio) per question: each part trimmed to its audible span, pauses between."""
+    from agent_runtime.vad.evaluate import audible_span
+
+    out = []
+    for kind, parts, pause_ms in QUESTIONS:
+        pieces = []
+        for i, text in enumerate(parts):
+            pcm = say(text)
+            a, b = audible_span(pcm)
+            if i:
+                pieces.append(np.zeros(VAD_RATE * pause_ms // 1000, np.int16))
+            pieces.append(pcm[int(a * VAD_RATE) : int(b * VAD_RATE)])
+        out.append((kind, np.concatenate(pieces)))
+    return out
+
+
+async def one_turn(base_url: str, pcm16k: np.ndarray, timeout_s: float = 30.0) -> dict[str, Any]:
+    """One call, one question: client and server voice to voice (ms), whether the caller heard the agent
+    while still talking (a premature reply), and how many replies the server started sending audio for
+    while the caller was talking (dropped before anything audible reached the caller)."""
+    caller = WebRTCCaller()
+    sent: list[tuple[float, np.ndarray]] = []
+    got: list[tuple[float, np.ndarray]] = []
+    caller.mic.on_frame_out = lambda t, pcm: sent.append((t, pcm))
+    caller.on_frame_in = lambda t, pcm: got.append((t, pcm))
+    try:
+        await caller.call_http(base_url)
+        await caller.connected()
+        await caller.wait_event(lambda e: e.get("kind") == "session", 5.0)
+        await asyncio.sleep(0.3)  # a little silence before speaking, as a caller would
+        start = time.monotonic()
+        await caller.say(pcm16k, VAD_RATE)
+        during = len(caller.events)  # events so far came while the caller was speaking
+        end = caller_speech_end(sent)
+        assert end is not None, "the caller sent no audible audio"
+        early = agent_onset(got, start)
+        premature = early is not None and early < end
+        deadline = time.monotonic() + timeout_s
+        onset = None
+        while onset is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            onset = agent_onset(got, end)
+        server = None
+        while onset is not None and server is None and time.monotonic() < deadline + 5:
+            # the reply's own `latency` event: one sent while the caller spoke belongs to a reply
+            # started at a pause (its first frames, silent, left before it was dropped)
+            server = next(
+                (e.get("voice_to_voice_ms") for e in caller.events[during:] if e.get("kind") == "latency"), None
+            )
+            await asyncio.sleep(0.02)
+        started_early = sum(e.get("kind") == "latency" for e in caller.events[:during])
+        return {
+            "client_ms": None if onset is None else round((onset - end) * 1000, 1),
+            "server_ms": server,
+            "premature": premature,
+            "server_started_early": started_early,
+        }
+    finally:
+        await caller.close()
+
+
+async def voice_calls(
+    config_path: str | None = None, calls: int = 3, *, instant: bool = False, modes: list[tuple[str, str]] | None = None
+) -> dict[str, dict[str, Any]]:
+    """`calls` calls per question kind and VAD mode against one in-process server (engines loaded and
+    warmed once); per mode and kind the client and server voice to voice (p50, ms) and the samples."""
+    from agent_runtime.config import load_config
+    from agent_runtime.engines import build_engines, build_instant_engines
+    from agent_runtime.server.app import CallServer
+    from agent_runtime.server.slowloris import start_http
+    from agent_runtime.vad.evaluate import say_with_piper
+
+    use_loopback_host_candidates(True)
+    loop = asyncio.get_running_loop()
+    base_cfg = load_config(config_path, {"server": {"loopback_only": True}})
+    if instant:
+        engines = build_instant_engines(base_cfg, reply="Yes, we open at nine tomorrow.")
+    else:
+        engines = await asyncio.to_thread(build_engines, base_cfg, warm_loop=loop)
+    questions = await asyncio.to_thread(question_audio, say_with_piper())
+    results: dict[str, dict[str, Any]] = {}
+    for label, mode in modes or VAD_MODES:
+        cfg = load_config(config_path, {"server": {"loopback_only": True}, "vad": {"end_of_speech": mode}})
+        server = CallServer(cfg, lambda: engines, host="127.0.0.1", environ={})
+        runner = await start_http(server.app, "127.0.0.1", 0, header_timeout_s=cfg.server.header_timeout_s)
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        samples: list[dict[str, Any]] = []
+        try:
+            while server.engines is None:
+                await asyncio.sleep(0.01)
+            for _ in range(calls):
+                for kind, pcm in questions:
+                    samples.append({"kind": kind, **await one_turn(base, pcm)})
+        finally:
+            await server.drain(1.0)
+            await runner.cleanup()
+        results[label] = summarize_voice(samples)
+    if not instant:
+        await engines.llm.aclose()
+    return results
+
+
+def summarize_voice(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """p50 of client and server voice to voice, per question kind and over all, and the premature count."""
+
+    def p50(values: list[float | None]) -> float | None:
+        v = [x for x in values if x is not None]
+        return round(float(np.percentile(v, 50)), 1) if v else None
+
+    kinds = list(dict.fromkeys(s["kind"] for s in samples))
+    out: dict[str, Any] = {
+        k: {
+            "client_p50_ms": p50([s["client_ms"] for s in samples if s["kind"] == k]),
+            "server_p50_ms": p50([s["server_ms"] for s in samples if s["kind"] == k]),
+        }
+        for k in kinds
+    }
+    out["all"] = {
+        "client_p50_ms": p50([s["client_ms"] for s in samples]),
+        "server_p50_ms": p50([s["server_ms"] for s in samples]),
+    }
+    out["premature_replies"] = sum(bool(s["premature"]) for s in samples)
+    out["server_started_early"] = sum(s.get("server_started_early", 0) for s in samples)
+    out["unanswered"] = sum(s["client_ms"] is None for s in samples)
+    out["samples"] = samples
+    return out

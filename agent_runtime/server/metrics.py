@@ -17,6 +17,7 @@ REJECT_REASONS = ("busy", "per_client", "unauthorized", "setup_timeout", "not_re
 RECLAIM_REASONS = ("setup_timeout", "media_timeout", "keepalive")
 """`agent_calls_reclaimed_total` reasons: WebRTC peer never connected, no caller audio, missed pong."""
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+ASR_WAIT_BUCKETS = (0.001, 0.005, *LATENCY_BUCKETS)
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
@@ -124,6 +125,12 @@ class ServerMetrics:
         self.voice_to_voice = Histogram(
             "agent_voice_to_voice_seconds", "end of caller speech to first agent audio sent"
         )
+        self.asr_wait = Histogram(
+            "agent_asr_wait_seconds", "time each transcription queued for a free ASR worker (asr.workers), all calls",
+            buckets=ASR_WAIT_BUCKETS,
+        )
+        self.asr_queued = Gauge("agent_asr_queued", "transcriptions waiting for a free ASR worker now")
+        self.asr_busy = Gauge("agent_asr_busy_workers", "ASR workers transcribing now")
         for t in ("webrtc", "twilio"):
             self.active_sessions.set(0, t)
             self.pending.set(0, t)
@@ -157,7 +164,7 @@ class ServerMetrics:
         metrics = [
             self.active_sessions, self.pending, self.sessions, self.rejected, self.reclaimed, self.turns, self.barge_ins, self.errors,
             self.metrics_violations,
-            self.stage_latency, self.voice_to_voice,
+            self.stage_latency, self.voice_to_voice, self.asr_wait, self.asr_queued, self.asr_busy,
         ]
         return "\n".join(line for m in metrics for line in m.render()) + "\n"
 

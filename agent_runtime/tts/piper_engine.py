@@ -58,12 +58,20 @@ DEFAULT_MAX_INPUT_CHARS = 300
 # Per-stream `SpeechOptions` piper honours (see `PiperSynthesizer.open_utterance_for`).
 SPEECH_OPTIONS = frozenset({"voice", "speed"})
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
+PIPER_CHUNKING = ChunkerConfig(first_opener_break=True)
+"""Piper's segmenting: a short opener ("Yes,", "Sure,", "Of course,") is its own first segment (the
+generic default, stated here because piper is what it was measured on). Piper speaks a segment only
+once the whole sentence is synthesized, so the opener's first audio comes 300-700 ms sooner than
+the whole first sentence's, and the rest is ready before the opener has finished playing (`python -m
+agent_runtime.tts.chunker`; figures in docs/performance.md). A remote piper (`tts-serve`) gets the
+same segments from the generic default."""
 
 
 class PiperSynthesizer(ChunkedSynthesizer):
     """Streaming `Synthesizer` on a piper voice (int16 mono at the voice's rate, 22.05 kHz for joe)."""
 
     name = "piper"
+    chunker_config = PIPER_CHUNKING
 
     def __init__(
         self,
@@ -118,7 +126,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         )
         if isinstance(chunker_config, dict):
             try:
-                chunker_config = ChunkerConfig(**chunker_config)
+                chunker_config = replace(PIPER_CHUNKING, **chunker_config)
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"piper: chunker_config: {exc}") from None
         if chunker_config is not None:

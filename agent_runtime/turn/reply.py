@@ -189,6 +189,7 @@ class Reply:
                 await self.committed.wait()  # sequential: nothing starts before the turn ends
             self.transcript = await s.recognizer.atranscribe(self.audio.astype(np.float32) / 32768.0)
             self.metrics.asr_final = time.monotonic()
+            self.metrics.extra["asr_wait_ms"] = round(self.transcript.wait_seconds * 1000, 1)
             self.metrics.user_text = self.transcript.text
             self.transcript_ready.set()
             s.on_transcript(self)
@@ -196,7 +197,7 @@ class Reply:
                 return
             chunking = None
             if s.config.tts.first_segment == "sentence":
-                chunking = ChunkerConfig(first_min_words=10_000, first_min_chars=10_000)
+                chunking = ChunkerConfig(first_min_words=10_000, first_min_chars=10_000, first_opener_break=False)
             tts = s.synthesizer.open_stream(chunking, max_segment_chars=s.config.tts.max_segment_chars)
             self._tts_stream = tts
             async with asyncio.TaskGroup() as tg:

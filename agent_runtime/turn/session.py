@@ -32,14 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from agent_runtime.asr.base import Recognizer
 from agent_runtime.audio.frame import AudioFrame
 from agent_runtime.audio.resample import FrameRebuffer, StreamResampler
 from agent_runtime.config import AppConfig
-from agent_runtime.llm.base import ChatMessage, LLMBackend
+from agent_runtime.engine_set import Engines  # the contract lives there; re-exported here for old imports
+from agent_runtime.llm.base import ChatMessage
 from agent_runtime.metrics.turns import MetricsCollector, TurnMetrics
 from agent_runtime.transport.base import Transport
-from agent_runtime.tts.base import Synthesizer
 from agent_runtime.turn.detector import HeuristicTurnDetector, TurnDetector
 from agent_runtime.turn.reply import Reply
 from agent_runtime.vad.endpointer import Endpointer, EndpointerConfig, VADEventType
@@ -64,15 +63,6 @@ class SessionEvent:
     session_id: str
     timestamp: float
     data: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class Engines:
-    """The shared, loaded engines a session uses."""
-
-    recognizer: Recognizer
-    llm: LLMBackend
-    synthesizer: Synthesizer
 
 
 class Session:
@@ -101,12 +91,7 @@ class Session:
         self._on_event = on_event
         self._detector = turn_detector or HeuristicTurnDetector()
         v = config.vad
-        self._endpointer = Endpointer(
-            EndpointerConfig(
-                v.aggressiveness, v.frame_ms, v.min_speech_ms, _START_WINDOW_MS, v.stop_silence_ms,
-                v.pre_roll_ms,
-            )
-        )
+        self._endpointer = Endpointer(EndpointerConfig.from_config(v, _START_WINDOW_MS))
         self._resampler: StreamResampler | None = None
         self._rebuffer = FrameRebuffer(Endpointer.sample_rate, v.frame_ms)
         self._turn_ids = itertools.count(1)

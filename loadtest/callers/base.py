@@ -7,6 +7,23 @@ import time
 
 import numpy as np
 
+AUDIBLE_DBFS = -45.0
+"""A caller's 10 ms block louder than this is audible speech (its last one ends the utterance)."""
+
+
+def _dbfs(pcm: np.ndarray) -> float:
+    x = pcm.astype(np.float64)
+    return 10.0 * float(np.log10(float(np.dot(x, x)) / max(len(x), 1) / 32768.0**2 + 1e-12))
+
+
+def last_audible_block_end(pcm: np.ndarray, rate: int) -> float | None:
+    """Seconds from the start of `pcm` to the end of its last 10 ms block above AUDIBLE_DBFS."""
+    block = rate // 100
+    for k in range(len(pcm) // block, 0, -1):
+        if _dbfs(pcm[(k - 1) * block : k * block]) >= AUDIBLE_DBFS:
+            return k * block / rate
+    return None
+
 
 class CallFailed(Exception):
     """The call could not be set up (refused, busy, ICE or WebSocket timeout)."""
@@ -65,6 +82,14 @@ class Leg(abc.ABC):
     @abc.abstractmethod
     async def say(self, pcm16k: np.ndarray) -> tuple[float, float]:
         """Play int16 16 kHz audio in real time; returns when its first and last frames left."""
+
+    def speech_end(self, pcm16k: np.ndarray, start: float, end: float) -> float:
+        """When the caller's last audible sound left, for audio `say` played from `start` to `end`.
+
+        This estimate: `end` less the audio after the last audible 10 ms block. Legs that see each
+        frame leave (WebRTC) override it with the departure of that block."""
+        audible = last_audible_block_end(pcm16k, 16_000)
+        return end if audible is None else end - (len(pcm16k) / 16_000 - audible)
 
     @abc.abstractmethod
     async def hang_up(self) -> None:

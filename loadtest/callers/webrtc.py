@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from agent_runtime.server.webrtc_client import WebRTCCaller
-from loadtest.callers.base import CallFailed, Leg
+from loadtest.callers.base import CallFailed, Leg, last_audible_block_end
 
 
 class _Discard(list):
@@ -47,6 +47,13 @@ class WebRTCLeg(Leg):
     def __init__(self) -> None:
         super().__init__()
         self.peer = _Peer(self)
+        self._sent: list[tuple[float, np.ndarray]] | None = None  # frames leaving during `say`
+        self._last_sent: list[tuple[float, np.ndarray]] = []
+        self.peer.mic.on_frame_out = self._frame_out
+
+    def _frame_out(self, t: float, pcm: np.ndarray) -> None:
+        if self._sent is not None:
+            self._sent.append((t, pcm))
 
     async def connect(self, base_url: str, timeout: float) -> None:
         try:
@@ -59,9 +66,22 @@ class WebRTCLeg(Leg):
             raise CallFailed(f"{type(exc).__name__}: {exc}"[:300]) from None
 
     async def say(self, pcm16k: np.ndarray) -> tuple[float, float]:
+        self._sent = []
         start = time.monotonic()
-        end = await self.peer.say(pcm16k, 16_000)
+        try:
+            end = await self.peer.say(pcm16k, 16_000)
+        finally:
+            self._last_sent, self._sent = self._sent or [], None
         return start, end
+
+    def speech_end(self, pcm16k: np.ndarray, start: float, end: float) -> float:
+        """The departure of the last audible 10 ms block among the frames the last `say` sent."""
+        for t, pcm in reversed(self._last_sent):
+            audible = last_audible_block_end(pcm, self.peer.mic.sample_rate)
+            if audible is not None:
+                self._last_sent = []
+                return t + audible
+        return super().speech_end(pcm16k, start, end)
 
     async def hang_up(self) -> None:
         if self.hung_up:

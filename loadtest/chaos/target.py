@@ -80,15 +80,19 @@ class Target:
         return out
 
 
+def target_argv(config: Path, *, instant: bool, port: int) -> list[str]:
+    """The `agent-runtime serve` command line of the server under attack (instant ASR/TTS, the config's LLM)."""
+    argv = [sys.executable, "-m", "agent_runtime.cli", "serve", "--port", str(port), "--host", "127.0.0.1",
+            "--loopback-only", "--config", str(config)]
+    if instant:
+        argv += ["--instant-engines", "--instant-llm-from-config"]
+    return argv
+
+
 async def start_target(plan: ChaosPlan, config: Path, token: str, out: Path, *, instant: bool,
                        timeout: float = 180.0) -> Target:
     """`agent-runtime serve` (instant ASR/TTS + the configured LLM, or all real engines) on a free port."""
-    port = str(free_port())
-    common = ["--port", port, "--host", "127.0.0.1", "--loopback-only", "--config", str(config)]
-    if instant:
-        argv = [sys.executable, "-m", "loadtest.instant_server", "--llm-from-config", *common]
-    else:
-        argv = [sys.executable, "-m", "agent_runtime.cli", "serve", *common]
+    argv = target_argv(config, instant=instant, port=free_port())
     stderr_path = out / "server-stderr.log"
     p = await start("agent-runtime serve", argv, "/readyz", timeout, env={TOKEN_ENV: token}, stderr_path=stderr_path)
     return Target(p, stderr_path, config)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 SCENARIO = """
@@ -40,6 +42,7 @@ def _loadtest(tmp_path: Path, slo: str, level_s: float, *extra: str) -> tuple[su
     return subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120), out
 
 
+@pytest.mark.slow
 def test_smoke_run_writes_reports_and_holds_a_lax_slo(tmp_path: Path) -> None:
     slo = "voice_to_voice_p95_ms: 5000\nbarge_in_p95_ms: 5000\nmax_unanswered_rate: 0.5\n"
     proc, out = _loadtest(tmp_path, slo, 6)
@@ -59,6 +62,7 @@ def test_smoke_run_writes_reports_and_holds_a_lax_slo(tmp_path: Path) -> None:
     assert page.count("<svg") == 4 and "http://" not in page.split("</style>")[0]  # inline, no CDN
 
 
+@pytest.mark.slow
 def test_an_impossible_slo_exits_1(tmp_path: Path) -> None:
     proc, out = _loadtest(tmp_path, "voice_to_voice_p95_ms: 1\n", 2)
     assert proc.returncode == 1, proc.stdout + proc.stderr

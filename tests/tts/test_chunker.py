@@ -34,7 +34,7 @@ def test_first_segment_at_first_clause_once_three_words(step: int | None) -> Non
 
 
 def test_first_clause_released_while_text_still_streams() -> None:
-    c = TextChunker()
+    c = TextChunker(ChunkerConfig(first_opener_break=False))  # openers: test_chunker_opener.py
     assert c.push("Of course, I can") == []  # "Of course," is two words: wait
     assert c.push(" help, ") == ["Of course, I can help,"]
     assert c.push("the store opens at nine") == []  # later segments wait for a sentence end
@@ -124,7 +124,9 @@ def test_first_segment_does_not_wait_for_the_next_token_after_a_word() -> None:
     from agent_runtime.tts.chunker import TextChunker
 
     assert TextChunker().push("I'm happy to help!") == ["I'm happy to help!"]
-    assert TextChunker().push("Sure, we can do that,") == ["Sure, we can do that,"]
+    no_opener = ChunkerConfig(first_opener_break=False)  # openers: test_chunker_opener.py
+    assert TextChunker(no_opener).push("Sure, we can do that,") == ["Sure, we can do that,"]
+    assert TextChunker().push("Sure, we can do that,") == ["Sure,"]  # the rest waits for its sentence end
     # a number, an abbreviation or an initial may continue: wait for the next token
     assert TextChunker().push("The total is 3.") == []
     assert TextChunker().push("Please ask Dr.") == []

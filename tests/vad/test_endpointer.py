@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from agent_runtime.audio.frame import split_frames
+from agent_runtime.config import VADConfig
 from agent_runtime.vad.endpointer import Endpointer, EndpointerConfig, VADEventType
+from agent_runtime.vad.evaluate import Case, add_noise, audible_span, run_endpointer
 
 
 def _events(ep: Endpointer, pcm: np.ndarray):
@@ -56,9 +58,12 @@ def test_pre_roll_keeps_the_first_syllable(say) -> None:
 
 
 def test_pause_shorter_than_stop_silence_keeps_one_run(say) -> None:
-    a, b = say("I would like"), say("a pizza")
+    # piper pads each clip with ~50-170 ms of silence: trim it, so the pause really is 60 ms
+    a, b = _trimmed(say, "I would like"), _trimmed(say, "a pizza")
     gap = np.zeros(int(16_000 * 0.06), dtype=np.int16)
-    events = _events(Endpointer(EndpointerConfig(stop_silence_ms=200)), _pad(np.concatenate([a, gap, b]), 0.3, 0.5))
+    events = _events(
+        Endpointer(EndpointerConfig(stop_silence_ms=200)), _pad(np.concatenate([a, gap, b]), 0.3, 0.5)
+    )
     assert [e.type for e in events] == [VADEventType.SPEECH_START, VADEventType.SPEECH_STOP]
 
 
@@ -68,3 +73,71 @@ def test_rejects_wrong_frames() -> None:
 
     with pytest.raises(ValueError):
         ep.process(AudioFrame(np.zeros(480, dtype=np.int16), 16_000))
+
+
+# -- end of speech: dated at the last audible sound (issue 14) ----------------------------------------
+
+
+def _trimmed(say, text: str) -> np.ndarray:
+    pcm = say(text)
+    a, b = audible_span(pcm)
+    return pcm[int(a * 16_000) : int(b * 16_000)]
+
+
+def _stops(events) -> list[float]:
+    return [e.timestamp for e in events if e.type is VADEventType.SPEECH_STOP]
+
+
+@pytest.mark.parametrize(
+    "text", ["Can I return a jacket that I bought last week?", "My account number is four five six seven."]
+)
+def test_end_of_speech_is_dated_at_the_last_audible_sound(say, text: str) -> None:
+    speech = _trimmed(say, text)  # ends with its last 10 ms frame above -45 dBFS
+    true_end = 0.5 + len(speech) / 16_000
+    pcm = _pad(speech, 0.5, 0.8)
+    energy = _stops(_events(Endpointer(), pcm))
+    webrtc = _stops(_events(Endpointer(EndpointerConfig(end_of_speech="webrtcvad")), pcm))
+    assert abs(energy[-1] - true_end) <= 0.040, (energy, true_end)
+    assert webrtc[-1] - true_end > energy[-1] - true_end  # webrtcvad's voiced tail runs on (~120 ms)
+
+
+def test_a_250_ms_mid_sentence_pause_is_not_a_turn_end(say) -> None:
+    a, b = _trimmed(say, "I would like to check"), _trimmed(say, "the status of my order.")
+    pause = np.zeros(int(16_000 * 0.25), dtype=np.int16)
+    pcm = _pad(np.concatenate([a, pause, b]), 0.6, 1.2)
+    resumed = 0.6 + (len(a) + len(pause)) / 16_000
+    end = resumed + len(b) / 16_000
+    case = Case("pause", pcm, end, [])
+    outcome = run_endpointer(EndpointerConfig(), pcm, case, end_of_turn_ms=300)
+    assert not outcome.false_end  # the turn manager's 300 ms never elapsed inside the pause
+    assert outcome.end is not None and abs(outcome.end - end) <= 0.040
+    events = _events(Endpointer(), pcm)
+    starts = [e.timestamp for e in events if e.type is VADEventType.SPEECH_START]
+    assert any(abs(s - resumed) <= 0.040 for s in starts), (starts, resumed)  # resumed at once, not 120 ms on
+
+
+def test_the_whole_utterance_is_still_recorded(say) -> None:
+    speech = _trimmed(say, "Could you send the receipt to my email?")
+    ep = Endpointer()
+    events = _events(ep, _pad(speech, 0.5, 0.6))
+    assert events[-1].type is VADEventType.SPEECH_STOP
+    assert len(ep.take_audio()) >= len(speech)  # only the timing moved: ASR still gets every sample
+
+
+def test_in_heavy_noise_the_gate_steps_aside(say) -> None:
+    # At 10 dB SNR the quiet parts of speech sink below any energy gate: webrtcvad alone decides.
+    speech = _trimmed(say, "What time does the store open on Sunday?")
+    pcm = add_noise(_pad(speech, 0.6, 1.2), 10.0, seed=3)
+    gated = _events(Endpointer(), pcm)
+    plain = _events(Endpointer(EndpointerConfig(end_of_speech="webrtcvad")), pcm)
+    assert len(_stops(gated)) <= len(_stops(plain)) + 1
+
+
+def test_config_keys_reach_the_endpointer() -> None:
+    cfg = EndpointerConfig.from_config(
+        VADConfig(end_of_speech="webrtcvad", tail_drop_db=30, resume_window_ms=0)
+    )
+    assert (cfg.end_of_speech, cfg.tail_drop_db, cfg.resume_window_ms) == ("webrtcvad", 30, 0)
+    assert EndpointerConfig.from_config(VADConfig()) == EndpointerConfig()
+    with pytest.raises(ValueError):
+        Endpointer(EndpointerConfig(end_of_speech="silero"))  # type: ignore[arg-type]

@@ -1,5 +1,6 @@
 // Browser client for agent-runtime serve: microphone -> agent over WebRTC, agent audio back,
-// live transcript and per-turn latency from the server's "events" data channel.
+// live transcript and per-turn latency from the server's "events" data channel, and voice to voice
+// measured here, at the caller's ear (see measureEar).
 // window.agentCall exposes the call's state (used by the automated browser test).
 "use strict";
 
@@ -8,10 +9,78 @@ const $ = (id) => document.getElementById(id);
 const state = {
   status: "idle", sessionId: null, events: [], userTexts: [], agentTexts: [], turns: [], latency: [],
   audio: { peak: 0, audibleMs: 0, packetsReceived: 0, totalAudioEnergy: 0 }, error: null,
+  ear: [],  // per reply: { turn_id, client_ms, server_ms } (client_ms measured on this page)
 };
 window.agentCall = state;
 let pc = null;
 let meterTimer = null;
+let earTimer = null;
+let audioCtx = null;
+const serverV2V = {};  // turn_id -> the server's voice_to_voice_ms
+const clientV2V = {};  // turn_id -> voice to voice measured on this page
+
+// Voice to voice at the caller's ear: from the caller's last audible sound (the microphone's level,
+// WebAudio AnalyserNode) to the first audible sample of the agent's received audio track. A reply's
+// onset is agent audio after at least AGENT_QUIET_MS of quiet. Resolution: the 10 ms poll.
+const CALLER_AUDIBLE_DBFS = -45;   // and at least 10 dB above the microphone's noise floor
+const AGENT_AUDIBLE_PEAK = 300 / 32768;  // the load harness's measure.audible_peak
+const AGENT_QUIET_MS = 300;
+const ear = { mic: null, agent: null, micBuf: null, agentBuf: null, floorDb: -90, lastCaller: null,
+  agentLastLoud: null, onsetPending: null };
+
+function rmsDb(buf) {
+  let sum = 0;
+  for (const x of buf) sum += x * x;
+  return 10 * Math.log10(sum / buf.length + 1e-12);
+}
+
+function earAnalyser(stream) {
+  const a = audioCtx.createAnalyser();
+  a.fftSize = 512;  // about 10 ms at 48 kHz: what the poll below sees each time
+  audioCtx.createMediaStreamSource(stream).connect(a);
+  return a;
+}
+
+function measureEar() {
+  const now = performance.now();
+  if (ear.mic) {
+    ear.mic.getFloatTimeDomainData(ear.micBuf);
+    const db = rmsDb(ear.micBuf);
+    ear.floorDb = db < ear.floorDb ? db : ear.floorDb + 0.01;  // falls at once, creeps up
+    if (db >= Math.max(CALLER_AUDIBLE_DBFS, ear.floorDb + 10)) ear.lastCaller = now;
+  }
+  if (ear.agent) {
+    ear.agent.getFloatTimeDomainData(ear.agentBuf);
+    let peak = 0;
+    for (const x of ear.agentBuf) peak = Math.max(peak, Math.abs(x));
+    if (peak > AGENT_AUDIBLE_PEAK) {
+      const onset = ear.agentLastLoud === null || now - ear.agentLastLoud >= AGENT_QUIET_MS;
+      if (onset && ear.lastCaller !== null && ear.lastCaller < now) {
+        recordEar(Math.round(now - ear.lastCaller));
+        ear.lastCaller = null;  // one reply per caller utterance
+      }
+      ear.agentLastLoud = now;
+    }
+  }
+}
+
+function recordEar(ms) {
+  // The server's `latency` event for this reply was sent as its first audio left, so it usually came
+  // first; if not, the figure waits for it.
+  const last = state.latency[state.latency.length - 1];
+  if (last && clientV2V[last.turn_id] === undefined) {
+    setEar(last.turn_id, ms);
+  } else {
+    ear.onsetPending = ms;
+  }
+}
+
+function setEar(turnId, ms) {
+  clientV2V[turnId] = ms;
+  state.ear.push({ turn_id: turnId, client_ms: ms, server_ms: serverV2V[turnId] ?? null });
+  const row = $("latency").querySelector(`tr[data-turn="${turnId}"]`);
+  if (row) row.children[1].textContent = ms + " ms";
+}
 
 function setStatus(text, status) {
   $("status").textContent = text;
@@ -46,7 +115,8 @@ function showLatency(t) {
     body.appendChild(row);
   }
   row.replaceChildren();
-  for (const v of [t.turn_id, cell(t.voice_to_voice_ms), cell(s.asr_final), cell(s.llm_first_token),
+  if (t.voice_to_voice_ms !== null && t.voice_to_voice_ms !== undefined) serverV2V[t.turn_id] = t.voice_to_voice_ms;
+  for (const v of [t.turn_id, cell(clientV2V[t.turn_id]), cell(t.voice_to_voice_ms), cell(s.asr_final), cell(s.llm_first_token),
     cell(s.tts_first_audio), cell(s.end_of_turn), cell(s.first_audio_out)]) {
     const td = document.createElement("td");
     td.textContent = v;
@@ -67,6 +137,10 @@ function onEvent(ev) {
     case "latency":  // sent when the agent's first audio leaves: the turn's latency, live
       state.latency.push(ev);
       showLatency(ev);
+      if (ear.onsetPending !== null && clientV2V[ev.turn_id] === undefined) {
+        setEar(ev.turn_id, ear.onsetPending);
+        ear.onsetPending = null;
+      }
       break;
     case "turn":
       state.turns.push(ev);
@@ -85,11 +159,12 @@ function onEvent(ev) {
 }
 
 function startMeter(stream) {
-  const ctx = new AudioContext();
-  ctx.resume().catch(() => {});
+  const ctx = audioContext();
   const analyser = ctx.createAnalyser();
   analyser.fftSize = 1024;
   ctx.createMediaStreamSource(stream).connect(analyser);
+  ear.agent = earAnalyser(stream);
+  ear.agentBuf = new Float32Array(ear.agent.fftSize);
   const buf = new Float32Array(analyser.fftSize);
   meterTimer = setInterval(async () => {
     analyser.getFloatTimeDomainData(buf);
@@ -107,6 +182,21 @@ function startMeter(stream) {
       }
     });
   }, 50);
+}
+
+function audioContext() {
+  if (!audioCtx) {
+    audioCtx = new AudioContext();
+    audioCtx.resume().catch(() => {});
+  }
+  return audioCtx;
+}
+
+function startEar(mic) {
+  audioContext();
+  ear.mic = earAnalyser(mic);
+  ear.micBuf = new Float32Array(ear.mic.fftSize);
+  earTimer = setInterval(measureEar, 10);
 }
 
 async function waitIceGathering(conn) {
@@ -137,6 +227,7 @@ async function call() {
     const mic = await navigator.mediaDevices.getUserMedia({
       audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
     });
+    startEar(mic);
     pc = new RTCPeerConnection({ iceServers: await iceServers() });
     const channel = pc.createDataChannel("events");
     channel.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.warn(e); } };
@@ -175,6 +266,8 @@ async function call() {
 
 function hangUp(message, status) {
   if (meterTimer) { clearInterval(meterTimer); meterTimer = null; }
+  if (earTimer) { clearInterval(earTimer); earTimer = null; }
+  ear.mic = ear.agent = null;
   if (pc) {
     pc.getSenders().forEach((s) => s.track && s.track.stop());
     const old = pc;
