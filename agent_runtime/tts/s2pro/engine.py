@@ -43,7 +43,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -80,6 +80,9 @@ from agent_runtime.tts.s2pro.stream_context import (
     StreamContext,
     prefill_rows,
 )
+
+if TYPE_CHECKING:
+    from agent_runtime.tts.s2pro.streaming import CodecStreamDecoder
 
 __all__ = ["CONTEXT_RESERVE", "MIN_PREFILL_ROWS", "S2ProEngine", "S2ProStream", "StreamCancelled", "naive_generate"]
 
@@ -231,6 +234,11 @@ class _StepScheduler:
     def submit_step(self, segment: _Segment) -> Future[np.ndarray | None]:
         """Generate the next frame of `segment` on the model thread."""
         return self._put("step", segment)
+
+    def submit_codec(self, decoder: CodecStreamDecoder, codes: np.ndarray) -> Future[list[np.ndarray]]:
+        """`decoder.push(codes)` on the model thread (each stream decodes alone here; the pooled
+        engine's scheduler batches them)."""
+        return self._put("call", lambda: decoder.push(codes))
 
     def _put(self, kind: str, item: Any) -> Future[Any]:
         fut: Future[Any] = Future()

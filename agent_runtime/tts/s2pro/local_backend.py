@@ -551,19 +551,21 @@ class _SegmentRun:
             return
         self.kept += 1
         codes = self.utt.backend._clip_codes(frame)
-        self._chain(self.sched.submit(lambda: self._decode(codes)), self._after_decode)
+        self._chain(self.sched.submit_codec(self.utt.decoder, codes[:, None]), self._after_decode)
         self._next_step()
 
     def _after_decode(self, fut: Future[Any]) -> None:
-        exc = None if fut.cancelled() else fut.exception()
+        """Model thread: the codec chunks the frame completed (batched with other streams' on the
+        pooled engine) go out, unless the reply was cancelled meanwhile."""
+        if fut.cancelled() or self.failed:
+            return
+        exc = fut.exception()
         if exc is not None:
             self._fail(exc)
-
-    def _decode(self, codes: np.ndarray) -> None:
-        """Model thread: buffer one frame in the codec decoder, emit any finished chunk."""
-        if self.utt.cancelled.is_set() or self.failed:
             return
-        for block in self.utt._blocks(self.utt.decoder.push(codes[:, None])):
+        if self.utt.cancelled.is_set():
+            return
+        for block in self.utt._blocks(fut.result()):
             self.samples += len(block)
             self.deliver(block)
 

@@ -276,6 +276,39 @@ async def test_local_backend_on_the_pooled_engine(s2pro_fixtures: Path) -> None:
         pooled.close()
 
 
+OTHER_REPLY = "Sure, your order left the warehouse this morning. It should arrive on Friday."
+
+
+async def test_concurrent_replies_share_codec_forwards_and_sound_as_alone(s2pro_fixtures: Path) -> None:
+    """Two replies at once on the pooled engine: their codec chunks are decoded in shared
+    (batched) forwards, and each reply's audio is what it is alone (int16, at most 1 LSB apart:
+    the batched codec sums in another order)."""
+    import asyncio
+
+    from agent_runtime.tts.registry import create_synthesizer
+    from tests.s2pro.synth_support import audio_of, speak
+
+    opts = {"checkpoint": str(s2pro_fixtures / "tiny"), "codec": str(s2pro_fixtures / "codec_tiny.pth"),
+            "codec_config": str(s2pro_fixtures / "codec_tiny.json"), "seed": 7, "max_frames_per_segment": 8,
+            "engine": "pooled", "max_streams": 2, "max_len": 1024, "graphs": False, "noise": "generator"}  # fmt: skip
+    pooled = create_synthesizer("s2pro", opts)
+    try:
+        alone = [audio_of(await speak(pooled, text, deltas=True)) for text in (REPLY, OTHER_REPLY)]  # type: ignore[arg-type]
+        engine = pooled.backend.engine  # type: ignore[attr-defined]
+        before = engine.scheduler.snapshot()
+        together = await asyncio.gather(*(speak(pooled, t, deltas=True) for t in (REPLY, OTHER_REPLY)))  # type: ignore[arg-type]
+        after = engine.scheduler.snapshot()
+        for got, want in zip((audio_of(c) for c in together), alone, strict=True):
+            assert len(got) == len(want) > 0
+            assert np.abs(got.astype(np.int32) - want.astype(np.int32)).max() <= 1
+        assert after.codec_pushes > before.codec_pushes
+        forwards = after.codec_forwards - before.codec_forwards
+        rows = after.codec_rows - before.codec_rows
+        assert 0 < forwards < rows, (forwards, rows)  # some forwards decoded both streams' chunks
+    finally:
+        pooled.close()
+
+
 async def test_tts_serve_answers_busy_when_the_pool_is_full(s2pro_fixtures: Path) -> None:
     """A request that finds every slot of the pool taken is answered 503 busy, like the server's
     own stream cap; once the slot is free the same request speaks."""

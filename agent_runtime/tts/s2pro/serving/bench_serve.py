@@ -6,12 +6,17 @@ Each call speaks a reply of 2-3 segments whose text arrives as an LLM writes it 
 a segment starts once its text is there and the previous one has ended. Per N it prints aggregate
 and per-stream frames/s, RTF p50/p95 (generation time / audio time; a frame is 2048 samples at
 44.1 kHz = 46.44 ms), time to first audio from a segment's start p50/p95 (and for first
-segments, from the call's admission), the decoder's step time split, peak device memory, and
+segments, from the call's admission), the decoder's step time split, the batched codec's time,
+peak device memory, and
 once: the pool size that fits, and the floor (weight bytes / device copy bandwidth measured in
 the same run) with the ratio of one stream's frame time to it.
 
 Frames are consumed by future callbacks on the model thread (as the local backend does), so the
-event loop only sees segment ends: the figures are the engine's, not asyncio's.
+event loop only sees segment ends: the figures are the engine's, not asyncio's. With a codec
+(`--codec`, random weights; the full S2-Pro codec by default for `--preset s2pro`) every frame is
+pushed to its call's streaming codec decoder through the scheduler, which decodes the chunks of
+all calls in batched forwards (codec_batch.py), and first audio is the first decoded chunk, as the
+local backend speaks it; without one (`--codec none`), first audio is the first frame.
 """
 
 from __future__ import annotations
@@ -74,6 +79,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--words-per-s", type=float, default=30.0, help="how fast the simulated LLM writes")
     p.add_argument("--threads", type=int, default=0, help="torch threads of the model thread (0: default)")
     p.add_argument("--seed", type=int, default=0, help="weights, arrivals and sampling seed")
+    p.add_argument("--codec", default="auto",
+                   help="codec with random weights: full (S2-Pro's), mid, none, or a codec-config JSON path; "
+                   "auto: full for --preset s2pro, none for tiny")
+    p.add_argument("--first-chunk-frames", type=int, default=2, help="frames in a reply's first codec chunk")
+    p.add_argument("--chunk-frames", type=int, default=8, help="frames per later codec chunk")
     p.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     p.set_defaults(func=_main)
 
@@ -97,12 +107,16 @@ def _q(xs: list[float], p: float) -> float:
 
 
 class _Segment:
-    """One segment consumed by future callbacks on the model thread."""
+    """One segment consumed by future callbacks on the model thread; with a codec `decoder`, each
+    frame is pushed to it (batched with the other calls' by the scheduler) and the segment ends
+    after its flush."""
 
-    def __init__(self, engine: Any, stream: Any, seg: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, engine: Any, stream: Any, seg: Any, loop: asyncio.AbstractEventLoop,
+                 decoder: Any = None, limits: np.ndarray | None = None) -> None:  # fmt: skip
         self.engine, self.stream, self.seg = engine, stream, seg
+        self.decoder, self.limits = decoder, limits
         self.started = time.perf_counter()
-        self.first: float | None = None
+        self.first: float | None = None  # first audio: first decoded chunk (first frame without a codec)
         self.frames = 0
         self.done: asyncio.Future[float] = loop.create_future()
         self._loop = loop
@@ -117,13 +131,29 @@ class _Segment:
         exc = fut.exception()
         frame = None if exc is not None else fut.result()
         if frame is None:
-            end = time.perf_counter()
-            self._loop.call_soon_threadsafe(self._finish, exc, end)
+            if exc is None and self.decoder is not None:
+                self.engine.scheduler.submit(self.decoder.flush).add_done_callback(self._flushed)
+                return
+            self._loop.call_soon_threadsafe(self._finish, exc, time.perf_counter())
             return
-        if self.first is None:
-            self.first = time.perf_counter()
         self.frames += 1
+        if self.decoder is None:
+            if self.first is None:
+                self.first = time.perf_counter()
+        else:
+            codes = np.minimum(np.asarray(frame, dtype=np.int64), self.limits)[:, None]
+            self.engine.scheduler.submit_codec(self.decoder, codes).add_done_callback(self._decoded)
         self._chain(self.engine.scheduler.submit_step(self.seg))
+
+    def _decoded(self, fut: Future[Any]) -> None:
+        if fut.exception() is None and fut.result() and self.first is None:
+            self.first = time.perf_counter()
+
+    def _flushed(self, fut: Future[Any]) -> None:
+        exc = fut.exception()
+        if exc is None and fut.result() and self.first is None:
+            self.first = time.perf_counter()
+        self._loop.call_soon_threadsafe(self._finish, exc, time.perf_counter())
 
     def _finish(self, exc: BaseException | None, end: float) -> None:
         if not self.done.done():
@@ -182,6 +212,7 @@ class Bench:
             return PooledDecoder(model, cfg, im_end_id=im_end, profile=profile)
 
         self.engine = PooledEngine(self.model, tok, pool, threads=args.threads, decoder_factory=factory)
+        self.codec, self.codec_name, self.limits = self._codec(shapes["codebooks"])
         self.setup_s = time.perf_counter() - started
         rng = np.random.default_rng(args.seed)
         n_cb, cb = shapes["codebooks"], shapes["codebook_size"]
@@ -191,6 +222,26 @@ class Bench:
         self.rng = random.Random(args.seed)
         self.results: list[dict[str, Any]] = []
         self._call_s = 20 / args.words_per_s  # a call's mean duration (updated as calls end): its text time
+
+    def _codec(self, codebooks: int) -> tuple[Any, str, np.ndarray | None]:
+        """The random-weight codec of --codec (None for none), its name and each codebook's size."""
+        spec = self.args.codec
+        if spec == "auto":
+            spec = "full" if self.args.preset == "s2pro" else "none"
+        if spec == "none":
+            return None, "none", None
+        from agent_runtime.tts.s2pro.bench_synth import codec_config
+        from agent_runtime.tts.s2pro.codec_bench import random_decode_codec
+
+        if spec not in ("full", "mid") and not Path(spec).is_file():
+            raise AgentRuntimeError(f"--codec {spec}: not full, mid, none or a codec-config JSON file")
+        config = codec_config(spec)
+        codec = random_decode_codec(config, self.args.device, self.dtype, seed=self.args.seed)
+        if codec.num_codebooks != codebooks:
+            raise AgentRuntimeError(f"--codec {spec}: {codec.num_codebooks} codebooks, the model has {codebooks}")
+        q = config.quantizer
+        sizes = [q.semantic_codebook_size] + [q.residual_codebook_size] * (codebooks - 1)
+        return codec, config.name, np.asarray(sizes, dtype=np.int64) - 1
 
     def _fits(self, decoder_cls: Any) -> int:
         """Slots of --max-len that fit in the free device memory (CPU: in the host's available memory)."""
@@ -218,7 +269,9 @@ class Bench:
             f"{s['slow_layers']}+{s['fast_layers']} layers, {s['codebooks']}x{s['codebook_size']} codebooks) on {device}; "
             f"pool {self.engine.pool.max_streams} slots x {a.max_len} positions "
             f"({self.fits} would fit), prefill chunk {a.prefill_chunk}, graphs "
-            f"{'off' if a.no_graphs or not self.cuda else 'on'}, noise {a.noise}; set up in {self.setup_s:.1f} s"
+            f"{'off' if a.no_graphs or not self.cuda else 'on'}, noise {a.noise}; codec: {self.codec_name}"
+            + (f" (chunks of {a.first_chunk_frames} then {a.chunk_frames} frames)" if self.codec is not None else "")
+            + f"; set up in {self.setup_s:.1f} s"
         )
 
     def floor(self) -> dict[str, float]:
@@ -258,6 +311,11 @@ class Bench:
             rec.refused = True
             return
         rec.admitted = time.perf_counter()
+        decoder = None
+        if self.codec is not None:
+            from agent_runtime.tts.s2pro.streaming import CodecStreamDecoder
+
+            decoder = CodecStreamDecoder(self.codec, self.args.first_chunk_frames, self.args.chunk_frames)
         try:
             words_so_far = 0
             prev_end = rec.admitted
@@ -267,7 +325,7 @@ class Bench:
                 await asyncio.sleep(max(0.0, text_at - time.perf_counter()))
                 frames = max(2, round(words * self.args.frames_per_word)) + 1
                 seg = await asyncio.wrap_future(eng.scheduler.submit(lambda t=text, f=frames: stream.start_segment(t, max_frames=f)))
-                run = _Segment(eng, stream, seg, loop)
+                run = _Segment(eng, stream, seg, loop, decoder, self.limits)
                 run.start()
                 end = await run.done
                 stream.end_segment(seg)
@@ -340,6 +398,9 @@ class Bench:
             "step_ms_p50": snap.step.p50 * 1e3, "active_p50": snap.active.p50,
             "prefill_wait_ms_p50": snap.prefill_wait.p50 * 1e3, "prefill_wait_ms_p95": snap.prefill_wait.p95 * 1e3,
             "call_wait_ms_p95": snap.call_wait.p95 * 1e3,
+            "codec_ms_p50": snap.codec.p50 * 1e3 if self.codec is not None else None,
+            "codec_ms_per_frame": snap.codec.mean * snap.codec.count / max(1, frames) * 1e3 if self.codec is not None else None,
+            "codec_rows_per_forward": (snap.codec_rows - snap0.codec_rows) / max(1, snap.codec_forwards - snap0.codec_forwards),
             "gpu_mem_gib": torch.cuda.max_memory_allocated(self.model.device) / 2**30 if self.cuda else None,
         }  # fmt: skip
 
@@ -375,15 +436,17 @@ class Bench:
     def table(self, floor: dict[str, float]) -> str:
         head = (f"{'N':>5} {'calls':>6} {'agg f/s':>8} {'strm f/s':>8} {'RTF p50':>8} {'RTF p95':>8} "
                 f"{'TTFA p50':>9} {'TTFA p95':>9} {'1st p50':>8} {'1st p95':>8} {'step ms':>8} {'rows':>6} "
-                f"{'attn':>6} {'gemm':>6} {'samp':>6} {'host':>6} {'mem GiB':>8}")  # fmt: skip
+                f"{'attn':>6} {'gemm':>6} {'samp':>6} {'host':>6} {'codec':>6} {'rows':>5} {'mem GiB':>8}")  # fmt: skip
         lines = [head]
         for r in self.results:
             mem = f"{r['gpu_mem_gib']:.1f}" if r["gpu_mem_gib"] is not None else "-"
+            codec = "-" if r["codec_ms_per_frame"] is None else f"{r['codec_ms_per_frame']:.2f}"
+            codec_rows = "-" if r["codec_ms_per_frame"] is None else f"{r['codec_rows_per_forward']:.1f}"
             lines.append(
                 f"{r['n']:>5} {r['calls']:>6} {r['agg_fps']:>8.1f} {r['stream_fps_p50']:>8.1f} {r['rtf_p50']:>8.3f} "
                 f"{r['rtf_p95']:>8.3f} {r['ttfa_ms_p50']:>7.1f}ms {r['ttfa_ms_p95']:>7.1f}ms {r['first_ttfa_ms_p50']:>6.1f}ms "
                 f"{r['first_ttfa_ms_p95']:>6.1f}ms {r['step_ms']:>8.2f} {r['rows_per_step']:>6.1f} {r['attention_ms']:>6.2f} "
-                f"{r['gemm_ms']:>6.2f} {r['sampling_ms']:>6.2f} {r['host_ms']:>6.2f} {mem:>8}"
+                f"{r['gemm_ms']:>6.2f} {r['sampling_ms']:>6.2f} {r['host_ms']:>6.2f} {codec:>6} {codec_rows:>5} {mem:>8}"
             )
         one = next((r for r in self.results if r["n"] == 1), None)
         ratio = f"{one['step_ms'] / floor['floor_ms']:.2f}x the floor" if one else "(no N=1 run)"
@@ -393,7 +456,8 @@ class Bench:
             + (f"{one['step_ms']:.3f} ms per frame = {ratio}" if one else ratio)
         )
         lines.append(f"pool: {self.engine.pool.max_streams} slots of {self.args.max_len} positions; {self.fits} fit in free memory")
-        lines.append("(attn/gemm/samp split only with --profile; TTFA from a segment's start, 1st from the call's first text)")
+        lines.append("(attn/gemm/samp split only with --profile; TTFA from a segment's start, 1st from the call's first "
+                     "text; codec: ms of batched codec per frame generated, rows: stream chunks per codec forward)")
         return "\n".join(lines)
 
     def close(self) -> None:

@@ -159,6 +159,8 @@ class BatchedCodecDecoder:
             raise ValueError("max_batch must be >= 1")
         self.codec = codec
         self.max_batch = max_batch
+        self.forwards = 0  # batched forwards run (`decode`), and the stream chunks they decoded
+        self.rows = 0
 
     # ----------------------------------------------------------------- raw states
     @torch.inference_mode()
@@ -201,6 +203,8 @@ class BatchedCodecDecoder:
             for lo in range(0, len(idx), step):
                 part = idx[lo : lo + step]
                 audio = self.decode_batch([items[i][0] for i in part], torch.stack([tensors[i] for i in part]))
+                self.forwards += 1
+                self.rows += len(part)
                 rows = audio.cpu().numpy()
                 for i, row in zip(part, rows, strict=True):
                     out[i] = row

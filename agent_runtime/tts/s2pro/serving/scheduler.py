@@ -1,11 +1,14 @@
 """The pooled engine's one model thread: rounds of calls, one prefill chunk and one step.
 
     sched = PoolScheduler(decoder)
-    fut = sched.submit(fn)                 # any work on the model thread (stream opening, codec)
+    fut = sched.submit(fn)                 # any work on the model thread (stream opening)
+    chunks = sched.submit_codec(dec, codes) # Future: dec.push(codes), batched with other streams'
     sched.add_segment(seg)                 # a segment to prefill and decode (PooledSegment)
     frame = sched.submit_step(seg)         # Future: the segment's next kept frame, None at its end
 
-A round (`_round`): run the queued calls; stop segments that were cancelled or closed; spend one
+A round (`_round`): run the queued codec pushes, batched across streams (one forward per chunk
+length through `BatchedCodecDecoder`: each stream keeps its own decoder state and chunk schedule),
+then the queued calls; stop segments that were cancelled or closed; spend one
 prefill chunk (`PoolConfig.prefill_chunk` positions) on the segments waiting for prefill: first
 those that have had no chunk yet, longest-waiting first, then the oldest one already prefilling
 (a prefill call per segment, several short prompts sharing the chunk); then one
@@ -35,8 +38,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from agent_runtime.tts.s2pro.serving.codec_batch import BatchedCodecDecoder
 from agent_runtime.tts.s2pro.serving.contract import PooledDecoderAPI, SlotPhase
 from agent_runtime.tts.s2pro.stream_context import MIN_PREFILL_ROWS
+from agent_runtime.tts.s2pro.streaming import CodecStreamDecoder
 
 log = logging.getLogger(__name__)
 HIST_SAMPLES = 4096  # samples each histogram keeps (the most recent)
@@ -135,7 +140,9 @@ class SchedulerSnapshot:
     """Queueing figures since start (waits in seconds): `call_wait` a call's time in the queue
     (stream openings included), `prefill_wait` a segment's wait for its first chunk,
     `first_frame` from a segment's start to its first frame, `step` one decoder step,
-    `active` decoding slots per step."""
+    `active` decoding slots per step, `codec` one round of codec pushes that decoded chunks
+    (`codec_pushes` frames pushed; `codec_rows` stream chunks decoded in `codec_forwards` batched
+    forwards)."""
 
     rounds: int
     steps: int
@@ -150,6 +157,10 @@ class SchedulerSnapshot:
     first_frame: HistSummary
     step: HistSummary
     active: HistSummary
+    codec: HistSummary
+    codec_pushes: int
+    codec_forwards: int
+    codec_rows: int
 
 
 class PoolScheduler:
@@ -163,6 +174,8 @@ class PoolScheduler:
         self._name = name
         self._cv = threading.Condition()
         self._calls: collections.deque[tuple[Callable[[], Any], Future[Any], float]] = collections.deque()
+        self._codec_jobs: collections.deque[tuple[CodecStreamDecoder, np.ndarray, Future[Any]]] = collections.deque()
+        self._codec_batches: dict[int, BatchedCodecDecoder] = {}  # by id(codec) (model thread only)
         self._pending: list[PooledSegment] = []  # added, not yet seen by the model thread
         self._queued: list[PooledSegment] = []  # waiting for prefill chunks (model thread only)
         self._by_slot: dict[int, PooledSegment] = {}  # the slot's current segment (model thread only)
@@ -172,7 +185,8 @@ class PoolScheduler:
         self._last_step = 0.0
         self._last_chunk = 0.0
         self.rounds = self.steps = self.frames = self.prefill_chunks = self.segments = self.cancelled = 0
-        self._h = {k: Histogram() for k in ("call_wait", "prefill_wait", "first_frame", "step", "active")}
+        self.codec_pushes = 0
+        self._h = {k: Histogram() for k in ("call_wait", "prefill_wait", "first_frame", "step", "active", "codec")}
 
     # -- any thread --------------------------------------------------------------------------------
     @property
@@ -186,6 +200,19 @@ class PoolScheduler:
             if self._closed:
                 raise RuntimeError("engine is closed")
             self._calls.append((fn, fut, time.perf_counter()))
+            self._start()
+            self._cv.notify()
+        return fut
+
+    def submit_codec(self, decoder: CodecStreamDecoder, codes: np.ndarray) -> Future[list[np.ndarray]]:
+        """`decoder.push(codes)` on the model thread (the chunks it completes), batched with the
+        other streams' pushes of the round. A decoder's pushes run in the order submitted, and
+        before any call submitted after them (so a flush call sees every frame pushed before it)."""
+        fut: Future[Any] = Future()
+        with self._cv:
+            if self._closed:
+                raise RuntimeError("engine is closed")
+            self._codec_jobs.append((decoder, codes, fut))
             self._start()
             self._cv.notify()
         return fut
@@ -257,11 +284,14 @@ class PoolScheduler:
 
     def snapshot(self) -> SchedulerSnapshot:
         h = self._h
+        batchers = list(self._codec_batches.values())
         with self._cv:
             queued = len(self._pending) + len(self._queued)
         return SchedulerSnapshot(
             self.rounds, self.steps, self.frames, self.prefill_chunks, self.segments, self.cancelled, queued,
-            self.decoder.active(), *(h[k].summary() for k in ("call_wait", "prefill_wait", "first_frame", "step", "active")),
+            self.decoder.active(),
+            *(h[k].summary() for k in ("call_wait", "prefill_wait", "first_frame", "step", "active", "codec")),
+            self.codec_pushes, sum(b.forwards for b in batchers), sum(b.rows for b in batchers),
         )  # fmt: skip
 
     # -- the model thread --------------------------------------------------------------------------
@@ -273,7 +303,7 @@ class PoolScheduler:
     def _ready(self) -> tuple[bool, float | None]:
         """(whether a round has work now, else how long to wait at most; None: until notified).
         Lock held (model thread)."""
-        if self._calls or self._pending or self._wake:
+        if self._calls or self._codec_jobs or self._pending or self._wake:
             return True, None
         now = time.perf_counter()
         step_ok, step_wait = self._step_due(now)
@@ -317,13 +347,16 @@ class PoolScheduler:
                     if ready:
                         break
                     self._cv.wait(wait_s)
-                if self._closed and not self._calls:
+                if self._closed and not self._calls and not self._codec_jobs:
                     break
+                codec_jobs = list(self._codec_jobs)
+                self._codec_jobs.clear()
                 calls = list(self._calls)
                 self._calls.clear()
                 self._queued += self._pending
                 self._pending.clear()
                 self._wake = False
+            self._run_codec(codec_jobs)  # before the calls: a flush call comes after its pushes
             for fn, fut, t in calls:
                 if fut.set_running_or_notify_cancel():
                     self._h["call_wait"].add(time.perf_counter() - t)
@@ -334,6 +367,41 @@ class PoolScheduler:
                 log.exception("s2pro pool: a round failed")
                 self._fail_all(exc)
         self._fail_all(RuntimeError("engine is closed"))
+
+    def _run_codec(self, jobs: list[tuple[CodecStreamDecoder, np.ndarray, Future[Any]]]) -> None:
+        """The codec pushes in batches: each batch takes the next push of every decoder (in order)."""
+        jobs = [job for job in jobs if job[2].set_running_or_notify_cancel()]
+        if not jobs:
+            return
+        started, forwards = time.perf_counter(), self._codec_forwards()
+        while jobs:
+            batch, later, seen = [], [], set()
+            for job in jobs:
+                (later if id(job[0]) in seen else batch).append(job)
+                seen.add(id(job[0]))
+            jobs = later
+            by_codec: dict[int, list[tuple[CodecStreamDecoder, np.ndarray, Future[Any]]]] = {}
+            for job in batch:
+                by_codec.setdefault(id(job[0].codec), []).append(job)
+            for group in by_codec.values():
+                codec = group[0][0].codec
+                batcher = self._codec_batches.get(id(codec))
+                if batcher is None:
+                    batcher = self._codec_batches[id(codec)] = BatchedCodecDecoder(codec)
+                try:
+                    chunks = batcher.push_many([(dec, codes) for dec, codes, _ in group])
+                except BaseException as exc:  # fail this group's pushes, not the thread
+                    for _, _, fut in group:
+                        fut.set_exception(exc)
+                    continue
+                for (_, _, fut), out in zip(group, chunks, strict=True):
+                    fut.set_result(out)
+                self.codec_pushes += len(group)
+        if self._codec_forwards() > forwards:  # rounds that only buffered frames are not timed
+            self._h["codec"].add(time.perf_counter() - started)
+
+    def _codec_forwards(self) -> int:
+        return sum(b.forwards for b in self._codec_batches.values())
 
     def _round(self) -> None:
         self.rounds += 1
@@ -467,6 +535,11 @@ class PoolScheduler:
             segs = list(self._by_slot.values()) + self._queued + self._pending
             calls = list(self._calls)
             self._calls.clear()
+            codec_jobs = list(self._codec_jobs)
+            self._codec_jobs.clear()
+        for _, _, fut in codec_jobs:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(exc)
         for seg in segs:
             with self._cv:
                 seg.phase = SegPhase.ENDED
