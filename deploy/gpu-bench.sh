@@ -3,7 +3,7 @@
 # the gpu-marked tests of the pooled serving engine, bench-serve (the pooled engine under Poisson
 # call arrivals, full S2-Pro shapes: 4.56B parameters, random weights, bf16), the single-stream
 # engine's gpu tests; older benchmarks on request. Each step's output goes to OUT_DIR/<step>.txt
-# (bench-serve also writes OUT_DIR/bench-serve.json); OUT_DIR/device.txt has the card (nvidia-smi),
+# (bench-serve also writes OUT_DIR/bench-serve.json after every level, so a step cut short keeps what it measured); OUT_DIR/device.txt has the card (nvidia-smi),
 # torch and the commit ("commit unknown" without a git checkout).
 #
 #   deploy/gpu-bench.sh [OUT_DIR] [STEP ...]
@@ -40,7 +40,7 @@ step() {
     echo "commit $(git rev-parse HEAD 2>/dev/null || echo unknown)"
     date -u +"date %Y-%m-%dT%H:%M:%SZ"
 } 2>&1 | tee "$OUT/device.txt"
-SERVE=("$PY" -m agent_runtime.cli s2pro bench-serve --preset s2pro --dtype bf16 --device cuda)
+SERVE=("$PY" -m agent_runtime.cli s2pro bench-serve --preset s2pro --dtype bf16 --device cuda --codec full)
 for s in $STEPS; do
     case $s in
         serve-tests) step serve-tests 120 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/s2pro/serving ;;

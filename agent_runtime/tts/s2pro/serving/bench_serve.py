@@ -404,7 +404,7 @@ class Bench:
             "gpu_mem_gib": torch.cuda.max_memory_allocated(self.model.device) / 2**30 if self.cuda else None,
         }  # fmt: skip
 
-    async def run(self) -> None:
+    async def run(self, floor: dict[str, float]) -> None:
         await self._warmup()
         for n in self.ladder:
             print(f"[bench-serve] N={n}: calls arriving ({self._span()}) ...", flush=True)
@@ -417,6 +417,16 @@ class Bench:
                 f"{r['prefill_chunks']} chunks, {r['steps']} steps",
                 flush=True,
             )
+            self.write_json(floor)  # after every level: a run cut short keeps the levels it finished
+
+    def write_json(self, floor: dict[str, float]) -> None:
+        a = self.args
+        if a.json is None:
+            return
+        meta = {"describe": self.describe(), "floor": floor, "fits": self.fits, "args": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items() if k != "func"}}  # fmt: skip
+        a.json.parent.mkdir(parents=True, exist_ok=True)
+        a.json.write_text(json.dumps({"meta": meta, "levels": self.results}, indent=2, default=str) + "\n")
 
     def _span(self) -> str:
         a = self.args
@@ -473,13 +483,9 @@ def _main(args: argparse.Namespace) -> int:
     try:
         print(bench.describe(), flush=True)
         floor = bench.floor()
-        asyncio.run(bench.run())
+        asyncio.run(bench.run(floor))
         print(bench.table(floor))
         if args.json is not None:
-            meta = {"describe": bench.describe(), "floor": floor, "fits": bench.fits, "args": {
-                k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "func"}}  # fmt: skip
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps({"meta": meta, "levels": bench.results}, indent=2, default=str) + "\n")
             print(f"wrote {args.json}")
     finally:
         bench.close()
