@@ -56,10 +56,28 @@ def synthesize(texts: list[str], speed: float = 1.0) -> dict[str, np.ndarray]:
     return asyncio.run(all_texts())
 
 
+PAUSE_MARK = " | "
+
+
+def text_parts(text: str) -> list[str]:
+    """The pieces of a step's text between pause marks (' | ')."""
+    return [p.strip() for p in text.split(PAUSE_MARK) if p.strip()]
+
+
+def with_pauses(parts: list[np.ndarray], pause_ms: int) -> np.ndarray:
+    """The parts (each trimmed to its speech) joined by `pause_ms` of silence."""
+    gap = np.zeros(RATE * pause_ms // 1000, np.int16)
+    pieces: list[np.ndarray] = []
+    for i, part in enumerate(parts):
+        pieces += [gap, part] if i else [part]
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
+
+
 def prepare(scenario: Scenario) -> list[np.ndarray | None]:
     """The audio of each step (None for steps that play nothing: silence, hang-up)."""
     steps = scenario.caller.steps
-    spoken = synthesize([s.text for s in steps if s.text is not None], scenario.caller.voice_speed)
+    texts = [part for s in steps if s.text is not None for part in text_parts(s.text)]
+    spoken = synthesize(texts, scenario.caller.voice_speed)
     out: list[np.ndarray | None] = []
     for i, step in enumerate(steps):
         out.append(step_audio(step, scenario.base_dir, spoken, seed=i))
@@ -68,7 +86,7 @@ def prepare(scenario: Scenario) -> list[np.ndarray | None]:
 
 def step_audio(step: Step, base_dir: Path, spoken: dict[str, np.ndarray], seed: int = 0) -> np.ndarray | None:
     if step.text is not None:
-        return spoken[step.text]
+        return with_pauses([spoken[part] for part in text_parts(step.text)], step.pause_ms)
     if step.wav is not None:
         return read_wav(base_dir / step.wav)
     if step.noise_ms is not None:

@@ -24,7 +24,11 @@ class _Strict(BaseModel):
 class Step(_Strict):
     """One thing the caller does. Exactly one of text, wav, silence_ms, noise_ms, hang_up_after_ms."""
 
-    text: str | None = Field(None, description="say this (synthesized once with the embedded piper voice)")
+    text: str | None = Field(
+        None,
+        description="say this (synthesized once with the embedded piper voice); ' | ' marks a pause inside "
+        "the utterance (`pause_ms` of silence, as a caller who hesitates mid-sentence)",
+    )
     wav: str | None = Field(None, description="or play this WAV file (relative to the scenario file)")
     silence_ms: int | None = Field(None, ge=1, le=60_000, description="or stay silent this long")
     noise_ms: int | None = Field(None, ge=1, le=60_000, description="or play white noise this long")
@@ -37,6 +41,7 @@ class Step(_Strict):
         None, ge=0, le=30_000, description="hang up this long after the agent's reply begins (mid-reply)"
     )
     pause_before_ms: int = Field(0, ge=0, le=60_000, description="silence before this step")
+    pause_ms: int = Field(700, ge=0, le=5_000, description="silence at each ' | ' of the text")
 
     @model_validator(mode="after")
     def _one_action(self) -> Step:

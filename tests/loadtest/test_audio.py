@@ -28,3 +28,24 @@ def test_noise_level_and_silent_steps() -> None:
     assert abs(rms_dbfs + 30) < 0.5
     assert step_audio(Step(silence_ms=300), Path("."), {}) is None
     assert step_audio(Step(hang_up_after_ms=300), Path("."), {}) is None
+
+
+def test_a_pause_mark_splits_the_utterance_with_silence() -> None:
+    """' | ' in a step's text: the parts spoken one after another with `pause_ms` of silence."""
+    first, second = np.full(1600, 8000, np.int16), np.full(3200, -8000, np.int16)
+    spoken = {"Hi, I'd like to know": first, "what time you open tomorrow.": second}
+    step = Step(text="Hi, I'd like to know | what time you open tomorrow.", pause_ms=700)
+    pcm = step_audio(step, Path("."), spoken)
+    assert pcm is not None and len(pcm) == 1600 + RATE * 700 // 1000 + 3200
+    assert (pcm[:1600] == 8000).all() and not pcm[1600:-3200].any() and (pcm[-3200:] == -8000).all()
+    plain = step_audio(Step(text="what time you open tomorrow."), Path("."), spoken)
+    assert plain is not None and (plain == second).all()
+
+
+def test_the_comparison_scenario_loads() -> None:
+    from loadtest.scenario import load_scenario
+    from tests.conftest import REPO_ROOT
+
+    scenario = load_scenario(REPO_ROOT / "configs" / "scenarios" / "compare-v2v.yaml")
+    texts = [s.text for s in scenario.caller.steps]
+    assert len(texts) == 3 and " | " in texts[1]
