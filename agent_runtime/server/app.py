@@ -25,6 +25,7 @@ from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection
 
 from agent_runtime.config import AppConfig
+from agent_runtime.errors import ConfigError, ModelLoadError
 from agent_runtime.server.admission import Admission, Call, CallState, Refusal
 from agent_runtime.server.clients import ClientAddresses
 from agent_runtime.server.metrics import ServerMetrics
@@ -152,7 +153,10 @@ class CallServer:
         except Exception as exc:
             self.engine_error = f"{type(exc).__name__}: {exc}"
             self.metrics.errors.inc("engine_load")
-            log.exception("loading the engines failed")
+            if isinstance(exc, (ConfigError, ModelLoadError)):  # the user's to fix: one line says what
+                log.error("loading the engines failed: %s", exc)
+            else:
+                log.exception("loading the engines failed")
             return
         self.engines.recognizer.lanes.add_listener(self.metrics.asr_wait.observe)
         log.info("engines ready in %.1f s: accepting calls", time.perf_counter() - t)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 
 import aiohttp
 import pytest
 
+from agent_runtime.engine_set import Engines
 from agent_runtime.errors import ConfigError
 from agent_runtime.server.security import resolve_token
 from agent_runtime.server.webrtc_client import WebRTCCaller
@@ -177,6 +179,35 @@ async def test_readiness_follows_engine_loading_and_drain() -> None:
         await drain
         assert not run.server.calls  # the call was hung up after the grace period
         await caller.close()
+
+
+@pytest.mark.parametrize("user_error", [True, False])
+async def test_a_failed_engine_load_is_reported_and_the_server_stays_up(
+    user_error: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A configuration or model error is one log line (no traceback) and /readyz names it; an
+    unexpected error keeps its traceback. Either way /healthz answers and calls are refused."""
+    from agent_runtime.errors import ModelLoadError
+
+    def failing_load() -> Engines:
+        if user_error:
+            raise ModelLoadError("whisper model 'nosuch' not found")
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="agent_runtime.server"):
+        async with running_server(load=failing_load) as run, aiohttp.ClientSession() as http:
+            async with asyncio.timeout(5):
+                while run.server.engine_error is None:
+                    await asyncio.sleep(0.01)
+            async with http.get(f"{run.url}/healthz") as r:
+                assert r.status == 200
+            async with http.get(f"{run.url}/readyz") as r:
+                error = (await r.json())["error"]
+                assert r.status == 503 and ("nosuch" in error if user_error else "boom" in error)
+    record = next(r for r in caplog.records if "loading the engines failed" in r.getMessage())
+    assert (record.exc_info is None) == user_error
+    if user_error:
+        assert "nosuch" in record.getMessage()
 
 
 def test_ice_servers_come_from_config_and_environment() -> None:
