@@ -13,7 +13,9 @@ because half-precision GEMMs are slow on CPUs without native support (AVX2).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,20 +43,49 @@ class Linear(nn.Linear):
     """`nn.Linear` without bias or random init: weights are always loaded from the checkpoint.
 
     With a `decode_weight` (a half-precision copy of `weight`), one-row inputs are multiplied by
-    that copy instead (input rounded to its dtype, fp32 output)."""
+    that copy instead (input rounded to its dtype, fp32 output). With `decode_packed` (an int8
+    copy, per output channel scales, packed for fbgemm), one-row inputs go through fbgemm's dynamic
+    int8 matvec (the input row quantised per call to 7 bits, `reduce_range`, which keeps AVX2's
+    16-bit accumulation from saturating; fp32 output)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.decode_weight: torch.Tensor | None = None
+        self.decode_packed: Any = None
 
     def reset_parameters(self) -> None:
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dw = self.decode_weight
-        if dw is not None and (x.dim() == 1 or x.shape[0] == 1):
-            return F.linear(x.to(dw.dtype), dw).to(x.dtype)
+        if x.dim() == 1 or x.shape[0] == 1:
+            if self.decode_packed is not None:
+                row = x.reshape(1, -1).float()
+                return torch.ops.quantized.linear_dynamic(row, self.decode_packed, True).reshape(*x.shape[:-1], -1)
+            dw = self.decode_weight
+            if dw is not None:
+                return F.linear(x.to(dw.dtype), dw).to(x.dtype)
         return F.linear(x, self.weight)
+
+
+def pack_int8(weight: torch.Tensor) -> Any:
+    """`weight` (out, in) as fbgemm's packed int8 matrix: symmetric, one scale per output row."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+    zeros = torch.zeros(w.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized tensors are deprecated in torch; fbgemm's kernel is what we use
+        warnings.simplefilter("ignore")
+        q = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
+        return torch.ops.quantized.linear_prepack(q, None)
+
+
+def int8_supported() -> bool:
+    """Whether this torch build has fbgemm's dynamic int8 linear (x86 CPU builds do)."""
+    try:
+        packed = pack_int8(torch.ones(2, 4))
+        torch.ops.quantized.linear_dynamic(torch.ones(1, 4), packed, True)
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
 
 
 class Embedding(nn.Embedding):
@@ -165,17 +196,21 @@ class Llama(nn.Module):
 
     @property
     def decode_dtype(self) -> torch.dtype:
-        """The dtype one-token steps multiply with (the weights' own unless `use_decode_dtype`)."""
+        """The dtype one-token steps multiply with (the weights' own unless `use_decode_dtype`;
+        torch.qint8 for the packed int8 copies)."""
+        if self.output.decode_packed is not None:
+            return torch.qint8
         dw = self.output.decode_weight
         return self.output.weight.dtype if dw is None else dw.dtype
 
     def use_decode_dtype(self, dtype: torch.dtype | None) -> None:
-        """Multiply one-row inputs by a copy of every linear weight in `dtype` (None or the weights'
-        own dtype: drop the copies)."""
+        """Multiply one-row inputs by a copy of every linear weight in `dtype` (torch.qint8: packed
+        int8 for fbgemm; None or the weights' own dtype: drop the copies)."""
         for module in self.modules():
             if isinstance(module, Linear):
                 same = dtype is None or dtype == module.weight.dtype
-                module.decode_weight = None if same else module.weight.detach().to(dtype)
+                module.decode_packed = pack_int8(module.weight) if dtype == torch.qint8 else None
+                module.decode_weight = None if same or dtype == torch.qint8 else module.weight.detach().to(dtype)
 
     def init_buffers(self) -> None:
         """Fill the rope table and zero the KV cache."""

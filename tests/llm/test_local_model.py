@@ -13,6 +13,7 @@ import torch
 from agent_runtime.errors import ModelLoadError
 from agent_runtime.llm import smollm
 from agent_runtime.llm.base import ChatMessage
+from agent_runtime.llm.llama_model import int8_supported
 from agent_runtime.llm.smollm import LocalLM, resolve_model_path
 
 FRANCE = [ChatMessage("system", "You are a helpful assistant."), ChatMessage("user", "What is the capital of France?")]
@@ -79,6 +80,31 @@ def test_half_precision_decode_steps_track_fp32(local_lm: LocalLM, on_worker: Ca
     assert torch.equal(ref.argmax(-1), half.argmax(-1))
     assert (ref - half).abs().max().item() < 0.05 * ref.abs().max().item()
     assert not torch.equal(ref, half)  # the copies are really used
+
+
+@pytest.mark.skipif(not int8_supported(), reason="this torch build has no fbgemm int8 kernels")
+def test_int8_decode_steps_are_close_to_fp32(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
+    """`decode_dtype: int8`: one-token steps through fbgemm's packed int8 weights (lossy: the top
+    token may differ); the logits stay near fp32's and the copies are really used."""
+    ids = local_lm.template.encode(FRANCE)
+    model = local_lm.model
+
+    @torch.inference_mode()
+    def steps(dtype: torch.dtype | None) -> torch.Tensor:
+        model.use_decode_dtype(dtype)
+        model(torch.tensor(ids[:-6]), 0)
+        return torch.stack([model(torch.tensor([ids[pos]]), pos) for pos in range(len(ids) - 6, len(ids))])
+
+    try:
+        ref, q = on_worker(steps, None), on_worker(steps, torch.qint8)
+        assert model.decode_dtype == torch.qint8 and model.output.decode_weight is None
+    finally:
+        model.use_decode_dtype(torch.float16)
+    assert model.output.decode_packed is None and model.decode_dtype == torch.float16
+    assert not torch.equal(ref, q)
+    assert (ref - q).abs().max().item() < 0.25 * ref.abs().max().item()
+    top5 = ref.topk(5, dim=-1).indices
+    assert sum(int(t in row) for t, row in zip(q.argmax(-1).tolist(), top5.tolist(), strict=True)) >= 5
 
 
 def test_half_precision_overflow_falls_back_to_fp32(local_lm: LocalLM, reply: Callable[..., str], caplog) -> None:
