@@ -64,6 +64,12 @@ class TurnConfig(_Strict):
     barge_in_min_speech_ms: int = Field(
         500, ge=0, description="caller speech that interrupts the agent (shorter speech resumes it)"
     )
+    barge_in_pause_ms: int = Field(
+        60, ge=0,
+        description="voiced caller audio (within the VAD's 200 ms start window) that pauses an audible agent at "
+        "once, before the VAD declares speech (vad.min_speech_ms); playout resumes if no speech follows within "
+        "the window. 0 = pause only when speech is declared",
+    )
     backchannels: list[str] = Field(
         default_factory=lambda: [
             "mhm", "mm", "mmhmm", "hmm", "uh huh", "uhhuh", "yeah", "yes", "yep", "ok", "okay", "right",

@@ -8,8 +8,10 @@ States: LISTENING -> USER_SPEAKING -> (pause) -> THINKING -> SPEAKING -> LISTENI
   `incomplete_turn_silence_ms` when the words sound unfinished). Then the held audio plays.
 * If the caller speaks again before any reply audio was heard, the reply is dropped unheard and the
   turn continues (its audio is kept and the next pause transcribes all of it).
-* If the caller speaks while the agent is audible (the endpointer declared speech: `vad.min_speech_ms`
-  of voiced audio), playout pauses (phase one). A barge-in episode is one run of caller speech: it
+* If the caller speaks while the agent is audible, playout pauses (phase one): as soon as
+  `turn.barge_in_pause_ms` of voiced audio is in the VAD's start window (resumed if the endpointer
+  does not declare speech within that window: a click, a breath), at the latest when it declares
+  speech (`vad.min_speech_ms` of voiced audio). A barge-in episode is one run of caller speech: it
   ends when the endpointer's `vad.stop_silence_ms` of silence ends the run. Once an episode holds
   `turn.barge_in_min_speech_ms` of *voiced* frames, or the run's words are not a backchannel, the reply
   is interrupted: LLM, TTS and queued audio are cancelled and the history keeps what was heard. A
@@ -102,6 +104,7 @@ class Session:
         # (start time, voiced) to count the speech that declared the episode, and a sequence number so
         # only the latest episode's backchannel verdict resumes playout.
         self._barge_voiced_ms: int | None = None
+        self._early_pause: tuple[Reply, float] | None = None  # a reply paused before speech, and until when
         self._barge_seq = 0
         self._recent_voiced: deque[tuple[float, bool]] = deque(maxlen=max(1, _START_WINDOW_MS // v.frame_ms))
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -162,12 +165,34 @@ class Session:
             if self._barge_voiced_ms >= self.config.turn.barge_in_min_speech_ms:
                 await self._interrupt(reply, "speech")
             return
+        self._early_barge_pause(reply, frame.end_time)
         if not reply.committed.is_set() and not self._endpointer.in_speech:
             self._maybe_commit(reply, frame.end_time)
+
+    def _early_barge_pause(self, reply: Reply, now: float) -> None:
+        """Pause an audible reply on the first `turn.barge_in_pause_ms` of voiced caller audio; resume
+        it if the endpointer has not declared speech by the end of the start window."""
+        if self._early_pause is not None:
+            paused, until = self._early_pause
+            if paused is not reply or now >= until:
+                self._early_pause = None
+                if paused is reply and reply.paused and not reply.finished.is_set():
+                    reply.resume()  # no speech came: a click or a breath
+                    self._emit("barge_in", {"phase": "resume", "heard": ""})
+            return
+        t = self.config.turn
+        if not t.barge_in or t.barge_in_pause_ms <= 0 or reply.paused or not reply.audible or reply.finished.is_set():
+            return
+        fm = self.config.vad.frame_ms
+        if sum(fm for _, v in self._recent_voiced if v) >= t.barge_in_pause_ms:
+            reply.pause()
+            self._early_pause = (reply, now + _START_WINDOW_MS / 1000)
+            self._emit("barge_in", {"phase": "pause"})
 
     # -- VAD events ----------------------------------------------------------------------------
     async def _on_speech_start(self, when: float) -> None:
         reply = self._reply
+        self._early_pause = None  # speech came: the episode decides from here
         if reply is not None and reply.audible and not reply.finished.is_set():
             if self.config.turn.barge_in and self._barge_voiced_ms is None:
                 # A new episode, counted from the voiced frames that made the endpointer declare speech.

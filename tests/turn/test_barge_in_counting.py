@@ -85,3 +85,47 @@ def test_barge_in_threshold_is_voiced_ms() -> None:
     call = run(config, engines(), script)
     assert call.session.metrics.turns[0].interrupted
     assert [e.data["reason"] for e in call.barge_ins("interrupt")] == ["speech"]
+
+
+def _pause_delay(config_turn: dict) -> float:
+    """Seconds from the caller's speech onset over the agent to the agent's pause."""
+    onset: list[float] = []
+
+    async def script(call: Call) -> None:
+        await _ask_and_wait_for_agent(call)
+        start, _ = await call.caller.say(voiced(1500))
+        onset.append(start)
+        await call.wait_turns(2)
+        await call.wait_idle()
+
+    call = run(fast_config(turn=config_turn), engines(), script)
+    pause = call.barge_ins("pause")[0]
+    assert call.session.metrics.turns[0].interrupted
+    return pause.timestamp - onset[0]
+
+
+def test_the_agent_pauses_on_the_first_voiced_frames() -> None:
+    # turn.barge_in_pause_ms (60) of voiced audio pauses the agent; before, it waited for the
+    # endpointer to declare speech (vad.min_speech_ms = 120 ms of voiced audio).
+    early = _pause_delay({})
+    declared = _pause_delay({"barge_in_pause_ms": 0})
+    assert early <= declared - 0.04, (early, declared)  # three 20 ms frames sooner (41 vs 101 ms here)
+
+
+def test_a_click_pauses_the_agent_only_for_a_moment() -> None:
+    # 60 ms of sound: enough to pause, too little for the endpointer to declare speech: the agent
+    # resumes at the end of the start window and the whole reply is heard.
+    eng = engines()
+
+    async def script(call: Call) -> None:
+        await _ask_and_wait_for_agent(call)
+        await call.caller.say(voiced(60))
+        await call.wait_turns(1)
+
+    call = run(fast_config(), eng, script)
+    (turn,) = call.session.metrics.turns
+    (pause,) = call.barge_ins("pause")
+    (resume,) = call.barge_ins("resume")
+    assert 0.15 <= resume.timestamp - pause.timestamp <= 0.35
+    assert call.barge_ins("interrupt") == [] and not turn.interrupted
+    assert turn.agent_text == eng.llm.reply.strip()  # type: ignore[attr-defined]
