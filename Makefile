@@ -16,7 +16,7 @@ test: setup browser
 	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -m "not gpu" --durations=15
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -m "not slow and not gpu"
+	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -n 2 -m "not slow and not gpu"
 
 lint: setup
 	.venv/bin/ruff check .
