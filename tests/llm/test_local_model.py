@@ -59,13 +59,10 @@ def test_kv_cache_matches_full_recompute(local_lm: LocalLM, on_worker: Callable[
     torch.testing.assert_close(step, full, atol=2e-3, rtol=1e-3)
 
 
-def test_half_precision_decode_steps_track_fp32(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
-    """One-token steps read fp16 copies of the weights (prefill keeps fp32): logits stay close to
-    the fp32 ones and pick the same tokens."""
-    ids = local_lm.template.encode(FRANCE)
-    model = local_lm.model
-    assert model.decode_dtype == torch.float16
-    assert model.layers[0].feed_forward.w13.decode_weight.dtype == torch.float16  # type: ignore[union-attr]
+def _last_steps(lm: LocalLM) -> Callable[[torch.dtype | None], torch.Tensor]:
+    """The logits of the prompt's last 6 positions as one-token steps, with `dtype` decode copies."""
+    ids = lm.template.encode(FRANCE)
+    model = lm.model
 
     @torch.inference_mode()
     def steps(dtype: torch.dtype | None) -> torch.Tensor:
@@ -73,6 +70,16 @@ def test_half_precision_decode_steps_track_fp32(local_lm: LocalLM, on_worker: Ca
         model(torch.tensor(ids[:-6]), 0)
         return torch.stack([model(torch.tensor([ids[pos]]), pos) for pos in range(len(ids) - 6, len(ids))])
 
+    return steps
+
+
+def test_half_precision_decode_steps_track_fp32(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
+    """One-token steps read fp16 copies of the weights (prefill keeps fp32): logits stay close to
+    the fp32 ones and pick the same tokens."""
+    model = local_lm.model
+    assert model.decode_dtype == torch.float16
+    assert model.layers[0].feed_forward.w13.decode_weight.dtype == torch.float16  # type: ignore[union-attr]
+    steps = _last_steps(local_lm)
     try:
         ref, half = on_worker(steps, None), on_worker(steps, torch.float16)
     finally:
@@ -86,15 +93,8 @@ def test_half_precision_decode_steps_track_fp32(local_lm: LocalLM, on_worker: Ca
 def test_int8_decode_steps_are_close_to_fp32(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
     """`decode_dtype: int8`: one-token steps through fbgemm's packed int8 weights (lossy: the top
     token may differ); the logits stay near fp32's and the copies are really used."""
-    ids = local_lm.template.encode(FRANCE)
     model = local_lm.model
-
-    @torch.inference_mode()
-    def steps(dtype: torch.dtype | None) -> torch.Tensor:
-        model.use_decode_dtype(dtype)
-        model(torch.tensor(ids[:-6]), 0)
-        return torch.stack([model(torch.tensor([ids[pos]]), pos) for pos in range(len(ids) - 6, len(ids))])
-
+    steps = _last_steps(local_lm)
     try:
         ref, q = on_worker(steps, None), on_worker(steps, torch.qint8)
         assert model.decode_dtype == torch.qint8 and model.output.decode_weight is None
