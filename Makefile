@@ -13,7 +13,7 @@ demo: setup
 
 test: setup browser
 	.venv/bin/ruff check .
-	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -m "not gpu" --durations=15
+	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -n 2 -m "not gpu" --durations=15
 
 test-fast: setup
 	HF_HUB_OFFLINE=1 .venv/bin/pytest -q -n 2 -m "not slow and not gpu"
