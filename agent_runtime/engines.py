@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 
 from agent_runtime.config import AppConfig
+from agent_runtime.cores import usable_cores
 from agent_runtime.engine_set import Engines
 
 log = logging.getLogger("agent_runtime.engines")
@@ -66,14 +66,6 @@ def build_instant_engines(config: AppConfig, *, reply: str, llm_from_config: boo
     else:
         llm = InstantLLM(reply)
     return Engines(recognizer=InstantRecognizer(), llm=llm, synthesizer=InstantSynthesizer())
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def tts_choice_message(config: AppConfig) -> str:

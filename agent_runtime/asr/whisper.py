@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from agent_runtime.asr.base import Recognizer, Transcript
+from agent_runtime.cores import usable_cores
 from agent_runtime.errors import ConfigError, ModelLoadError
 
 __all__ = ["WhisperOptions", "WhisperRecognizer", "resolve_whisper_model"]
@@ -135,7 +136,7 @@ class WhisperRecognizer(Recognizer):
                 self.model_path,
                 device=device,
                 compute_type=self.compute_type,
-                cpu_threads=cpu_threads or max(1, _usable_cores(4) // num_workers),
+                cpu_threads=cpu_threads or max(1, usable_cores(4) // num_workers),
                 num_workers=num_workers,
                 local_files_only=_hub_offline(),
             )
@@ -324,14 +325,6 @@ def _window_frames(content_frames: int, min_window_s: float) -> int:
 def _rms_dbfs(audio: np.ndarray) -> float:
     rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64))))
     return 20 * math.log10(max(rms, 1e-10))
-
-
-def _usable_cores(cap: int) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return max(1, min(cap, cores))
 
 
 def _hub_offline() -> bool:

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger("agent_runtime.bench")
@@ -178,21 +179,13 @@ def _tts_wire(args: argparse.Namespace) -> int:
 
 
 async def _tts_wire_main(args: argparse.Namespace) -> int:
-    from agent_runtime.bench.overhead import machine_description
     from agent_runtime.bench.tts_wire import format_table, run_tts_wire
 
     if min(args.streams) < 1 or args.rounds < 1:
         print("bench tts-wire: --streams and --rounds must be >= 1")
         return 2
     out = await run_tts_wire(args.streams, args.rounds, config=args.config, chars_per_s=args.chars_per_s)
-    machine = machine_description()
-    out["machine"] = machine
-    print()
-    print(format_table(out, machine))
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(out, indent=2))
-    return 0
+    return _report(out, format_table, args.json_out)
 
 
 def _asr_pool(args: argparse.Namespace) -> int:
@@ -201,10 +194,9 @@ def _asr_pool(args: argparse.Namespace) -> int:
 
 async def _asr_pool_main(args: argparse.Namespace) -> int:
     from agent_runtime.bench.asr_pool import format_table, run_asr_pool
-    from agent_runtime.bench.overhead import machine_description
-    from agent_runtime.engines import usable_cores
+    from agent_runtime.cores import usable_cores
 
-    cores = min(usable_cores(), 4)
+    cores = usable_cores(4)
     threads = args.threads or cores
     workers = args.workers or cores
     if min(args.calls) < 1 or min(args.turns, args.rounds, threads, workers, args.worker_threads or 1) < 1 \
@@ -213,11 +205,18 @@ async def _asr_pool_main(args: argparse.Namespace) -> int:
         return 2
     out = await run_asr_pool(args.calls, workers=workers, threads=threads, turns=args.turns, gap_s=args.gap_s,
                              rounds=args.rounds, worker_threads=args.worker_threads)
+    return _report(out, format_table, args.json_out)
+
+
+def _report(out: dict, format_table: Callable[[dict, str], str], json_out: Path | None) -> int:
+    """Print a bench's table (with the machine it ran on) and write its figures to `json_out`."""
+    from agent_runtime.bench.overhead import machine_description
+
     machine = machine_description()
     out["machine"] = machine
     print()
     print(format_table(out, machine))
-    if args.json_out:
-        args.json_out.parent.mkdir(parents=True, exist_ok=True)
-        args.json_out.write_text(json.dumps(out, indent=2))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(out, indent=2))
     return 0

@@ -133,7 +133,6 @@ class Endpointer:
         self.in_speech = False
         self._silence_ms = 0
         self._voiced_ms_in_run = 0
-        self._last_voiced_end = 0.0
         self._gate = cfg.end_of_speech == "energy"
         self._noise: deque[float] = deque(maxlen=_NOISE_FRAMES)
         self._floor_db = _NO_FLOOR_DB
@@ -172,7 +171,6 @@ class Endpointer:
         fm = self.config.frame_ms
         if voiced:
             self._silence_ms = 0
-            self._last_voiced_end = frame.end_time
             self._last_speech = frame
         else:
             self._silence_ms += fm
@@ -222,8 +220,10 @@ class Endpointer:
     def _speech_end(self) -> float:
         """End of speech: the last speech frame's end, refined to its last 5 ms above the gate."""
         last = self._last_speech
-        if not self._gate or last is None or abs(last.end_time - self._last_voiced_end) > 1e-9:
-            return self._last_voiced_end
+        if last is None:
+            return 0.0
+        if not self._gate:
+            return last.end_time
         sub = self.sample_rate * _SUB_MS // 1000
         threshold = self._threshold()
         pcm = last.pcm

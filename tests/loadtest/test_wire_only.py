@@ -8,12 +8,11 @@ import sys
 from pathlib import Path
 
 from loadtest.chaos.target import target_argv
-from loadtest.instant_server import serve_argv
 from loadtest.server import runtime_argv
 from tests.conftest import REPO_ROOT
 
 HARNESS = ["loadtest.main", "loadtest.server", "loadtest.runner", "loadtest.chaos.main", "loadtest.chaos.campaign",
-           "loadtest.chaos.target", "loadtest.callers.webrtc", "loadtest.callers.twilio", "loadtest.instant_server"]
+           "loadtest.chaos.target", "loadtest.callers.webrtc", "loadtest.callers.twilio"]
 
 
 def test_harness_imports_nothing_of_the_turn_manager() -> None:
@@ -37,12 +36,6 @@ def test_harness_starts_the_real_serve_command_with_flags(tmp_path: Path) -> Non
     assert chaos[1:4] == ["-m", "agent_runtime.cli", "serve"]
     assert chaos[-2:] == ["--instant-engines", "--instant-llm-from-config"]
     assert not any("instant_server" in a for a in argv + chaos)
-
-
-def test_instant_server_alias_maps_to_serve_flags() -> None:
-    assert serve_argv(["--port", "1"])[3:] == ["serve", "--instant-engines", "--instant-reply", "long", "--port", "1"]
-    assert serve_argv(["--llm-from-config", "--config", "c.yaml"])[3:] == [
-        "serve", "--instant-engines", "--instant-llm-from-config", "--config", "c.yaml"]
 
 
 def _serve(*args: str) -> subprocess.CompletedProcess[str]:
