@@ -59,10 +59,6 @@ class LanePool:
         """Call `listener(wait_seconds)` for every job that gets a lane from now on."""
         self._listeners.append(listener)
 
-    def remove_listener(self, listener: WaitListener) -> None:
-        if listener in self._listeners:
-            self._listeners.remove(listener)
-
     async def run(self, fn: Callable[..., T], *args: object) -> tuple[T, float]:
         """`fn(*args)` in a worker thread once a lane is free: (its result, seconds waited)."""
         queued = time.monotonic()

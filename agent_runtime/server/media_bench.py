@@ -152,7 +152,6 @@ async def compare(bursts: int = 30, modes: list[tuple[str, int, bool]] | None = 
 
 
 # -- voice to voice at the client ---------------------------------------------------------------------
-CALLER_AUDIBLE_DBFS = -45.0
 AGENT_AUDIBLE_PEAK = 300  # int16 peak: the load harness's `measure.audible_peak`
 QUESTIONS: list[tuple[str, list[str], int]] = [
     ("plain", ["What time do you open tomorrow?"], 0),
@@ -173,15 +172,14 @@ VAD_MODES: list[tuple[str, str]] = [
 
 
 def caller_speech_end(sent: list[tuple[float, np.ndarray]], rate: int = WEBRTC_RATE) -> float | None:
-    """When the caller's last audible sound left: the end of the last 10 ms block above
-    `CALLER_AUDIBLE_DBFS` in the frames its track sent, `(departure time, pcm)` each."""
-    from agent_runtime.vad.endpointer import frame_dbfs
+    """When the caller's last audible sound left: the end of the last audible 10 ms block
+    (`audio.level`) in the frames its track sent, `(departure time, pcm)` each."""
+    from agent_runtime.audio.level import last_audible_end
 
-    block = rate // 100
     for t, pcm in reversed(sent):
-        for k in range(len(pcm) // block, 0, -1):
-            if frame_dbfs(pcm[(k - 1) * block : k * block]) >= CALLER_AUDIBLE_DBFS:
-                return t + k * block / rate
+        audible = last_audible_end(pcm, rate)
+        if audible is not None:
+            return t + audible
     return None
 
 
@@ -200,7 +198,7 @@ def agent_onset(
 
 def question_audio(say) -> list[tuple[str, np.ndarray]]:
     """(kind, int16 16 kHz audio) per question: each part trimmed to its audible span, pauses between."""
-    from agent_runtime.vad.evaluate import audible_span
+    from agent_runtime.audio.level import audible_span
 
     out = []
     for kind, parts, pause_ms in QUESTIONS:

@@ -38,6 +38,7 @@ import numpy as np
 import webrtcvad
 
 from agent_runtime.audio.frame import AudioFrame
+from agent_runtime.audio.level import dbfs
 
 
 class VADEventType(Enum):
@@ -102,13 +103,6 @@ _NO_FLOOR_DB = -90.0
 _SUB_MS = 5  # resolution of the end of speech inside a frame
 
 
-def frame_dbfs(pcm: np.ndarray) -> float:
-    """RMS level of int16 samples in dB relative to full scale (-120 for digital silence)."""
-    x = pcm.astype(np.float64)
-    ms = float(np.dot(x, x)) / max(len(x), 1)
-    return 10.0 * np.log10(ms / (32768.0 * 32768.0) + 1e-12)
-
-
 class Endpointer:
     """Frame-by-frame speech start/stop detection. Not thread-safe; one per session."""
 
@@ -158,7 +152,7 @@ class Endpointer:
         else:
             self._pre_roll.append(frame)
         if self._gate:
-            db = frame_dbfs(frame.pcm)
+            db = dbfs(frame.pcm)
             if not voiced:
                 self._noise.append(db)
                 if len(self._noise) >= 5:
@@ -228,7 +222,7 @@ class Endpointer:
         threshold = self._threshold()
         pcm = last.pcm
         for k in range(len(pcm) // sub, 0, -1):
-            if frame_dbfs(pcm[(k - 1) * sub : k * sub]) >= threshold:
+            if dbfs(pcm[(k - 1) * sub : k * sub]) >= threshold:
                 return last.timestamp + k * sub / self.sample_rate
         return last.end_time
 

@@ -26,10 +26,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from agent_runtime.audio.frame import AudioFrame
-from agent_runtime.vad.endpointer import Endpointer, EndpointerConfig, VADEventType, frame_dbfs
+from agent_runtime.audio.level import AUDIBLE_DBFS, audible_span, dbfs
+from agent_runtime.vad.endpointer import Endpointer, EndpointerConfig, VADEventType
 
 RATE = 16_000
-AUDIBLE_DBFS = -45.0
 SENTENCES = [
     ("Hi, I would like to check the status of my order.", "I would like to check", "the status of my order."),
     ("Can I return a jacket that I bought last week?", "Can I return a jacket", "that I bought last week?"),
@@ -50,15 +50,6 @@ class Case:
     pcm: np.ndarray  # clean, int16, with silence around the speech
     true_end: float  # seconds from the start of `pcm`
     speech_spans: list[tuple[float, float]]  # clean audible spans (a pause separates two)
-
-
-def audible_span(pcm: np.ndarray) -> tuple[float, float]:
-    """(start, end) in seconds of the 10 ms frames louder than AUDIBLE_DBFS."""
-    n = RATE // 100
-    loud = [k for k in range(len(pcm) // n) if frame_dbfs(pcm[k * n : (k + 1) * n]) >= AUDIBLE_DBFS]
-    if not loud:
-        return 0.0, 0.0
-    return loud[0] * n / RATE, (loud[-1] + 1) * n / RATE
 
 
 def _trim(pcm: np.ndarray) -> np.ndarray:
@@ -98,7 +89,7 @@ def add_noise(pcm: np.ndarray, snr_db: float | None, seed: int) -> np.ndarray:
         return pcm
     n = RATE // 100
     frames = [x[k * n : (k + 1) * n] for k in range(len(x) // n)]
-    active = [f for f in frames if frame_dbfs(f.astype(np.int16)) >= AUDIBLE_DBFS]
+    active = [f for f in frames if dbfs(f.astype(np.int16)) >= AUDIBLE_DBFS]
     speech_rms = np.sqrt(np.mean(np.concatenate(active) ** 2)) if active else 1000.0
     noise = rng.normal(0, speech_rms / 10 ** (snr_db / 20), len(x))
     return np.clip(np.round(x + noise), -32768, 32767).astype(np.int16)

@@ -7,22 +7,7 @@ import time
 
 import numpy as np
 
-AUDIBLE_DBFS = -45.0
-"""A caller's 10 ms block louder than this is audible speech (its last one ends the utterance)."""
-
-
-def _dbfs(pcm: np.ndarray) -> float:
-    x = pcm.astype(np.float64)
-    return 10.0 * float(np.log10(float(np.dot(x, x)) / max(len(x), 1) / 32768.0**2 + 1e-12))
-
-
-def last_audible_block_end(pcm: np.ndarray, rate: int) -> float | None:
-    """Seconds from the start of `pcm` to the end of its last 10 ms block above AUDIBLE_DBFS."""
-    block = rate // 100
-    for k in range(len(pcm) // block, 0, -1):
-        if _dbfs(pcm[(k - 1) * block : k * block]) >= AUDIBLE_DBFS:
-            return k * block / rate
-    return None
+from agent_runtime.audio.level import last_audible_end
 
 
 class CallFailed(Exception):
@@ -88,7 +73,7 @@ class Leg(abc.ABC):
 
         This estimate: `end` less the audio after the last audible 10 ms block. Legs that see each
         frame leave (WebRTC) override it with the departure of that block."""
-        audible = last_audible_block_end(pcm16k, 16_000)
+        audible = last_audible_end(pcm16k, 16_000)
         return end if audible is None else end - (len(pcm16k) / 16_000 - audible)
 
     @abc.abstractmethod

@@ -8,8 +8,9 @@ import time
 
 import numpy as np
 
+from agent_runtime.audio.level import last_audible_end
 from agent_runtime.server.webrtc_client import WebRTCCaller
-from loadtest.callers.base import CallFailed, Leg, last_audible_block_end
+from loadtest.callers.base import CallFailed, Leg
 
 
 class _Discard(list):
@@ -77,7 +78,7 @@ class WebRTCLeg(Leg):
     def speech_end(self, pcm16k: np.ndarray, start: float, end: float) -> float:
         """The departure of the last audible 10 ms block among the frames the last `say` sent."""
         for t, pcm in reversed(self._last_sent):
-            audible = last_audible_block_end(pcm, self.peer.mic.sample_rate)
+            audible = last_audible_end(pcm, self.peer.mic.sample_rate)
             if audible is not None:
                 self._last_sent = []
                 return t + audible

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from agent_runtime.audio.level import last_audible_end
 from loadtest.analysis import analyze_call
-from loadtest.callers.base import Leg, last_audible_block_end
+from loadtest.callers.base import Leg
 from loadtest.callers.webrtc import WebRTCLeg
 from loadtest.report import text_summary
 from loadtest.scenario import Measure
@@ -29,8 +30,8 @@ def _speech_then_quiet(speech_s: float, quiet_s: float, rate: int = 16_000) -> n
 
 def test_last_audible_block_ignores_a_faint_tail() -> None:
     pcm = _speech_then_quiet(0.5, 0.2)
-    assert abs(last_audible_block_end(pcm, 16_000) - 0.5) < 0.011
-    assert last_audible_block_end(np.zeros(1600, np.int16), 16_000) is None
+    assert abs(last_audible_end(pcm, 16_000) - 0.5) < 0.011
+    assert last_audible_end(np.zeros(1600, np.int16), 16_000) is None
 
 
 def test_a_leg_dates_the_end_of_speech_at_the_last_audible_sound() -> None:

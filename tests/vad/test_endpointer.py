@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from agent_runtime.audio.frame import split_frames
+from agent_runtime.audio.level import audible_span
 from agent_runtime.config import VADConfig
 from agent_runtime.vad.endpointer import Endpointer, EndpointerConfig, VADEventType
-from agent_runtime.vad.evaluate import Case, add_noise, audible_span, run_endpointer
+from agent_runtime.vad.evaluate import Case, add_noise, run_endpointer
 
 
 def _events(ep: Endpointer, pcm: np.ndarray):

@@ -73,19 +73,6 @@ class PoolBusy(PoolFull):
     busy = True
 
 
-def slot_bytes(model: DualARTransformer, max_len: int) -> int:
-    """Device bytes one slot's slow-AR KV takes (K and V, every slow layer, `max_len` positions)."""
-    s = model.cfg.slow
-    elem = torch.empty((), dtype=model.dtype).element_size()
-    return 2 * s.n_layer * s.n_local_heads * s.head_dim * max_len * elem
-
-
-def streams_that_fit(model: DualARTransformer, max_len: int, free_bytes: int, reserve: float = 0.15) -> int:
-    """Slots of `max_len` positions that fit in `free_bytes`, keeping `reserve` of it for
-    activations, graphs and the codec."""
-    return max(0, int(free_bytes * (1.0 - reserve)) // slot_bytes(model, max_len))
-
-
 def pool_config(max_streams: Any, max_len: Any, prefill_chunk: Any, graphs: Any, noise: Any) -> PoolConfig:
     """The `PoolConfig` of the `tts.options` pool keys, ConfigError for a bad value."""
     for name, value, low in (("max_streams", max_streams, 1), ("max_len", max_len, 256), ("prefill_chunk", prefill_chunk, 16)):
