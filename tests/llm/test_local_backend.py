@@ -91,7 +91,9 @@ async def test_requests_are_serialised(backend: LocalLLMBackend) -> None:
 
 
 async def test_stop_strings_and_empty_reply(backend: LocalLLMBackend) -> None:
-    text = "".join([d async for d in backend.stream_chat(FRANCE, GenerationOptions(max_tokens=12, stop=(" of",)))])
+    text = "".join(
+        [d async for d in backend.stream_chat(FRANCE, GenerationOptions(max_tokens=12, stop=(" of",)))]
+    )
     assert text == "The capital"
     none = [d async for d in backend.stream_chat(FRANCE, GenerationOptions(max_tokens=1, stop=("The",)))]
     assert none == []
@@ -100,8 +102,13 @@ async def test_stop_strings_and_empty_reply(backend: LocalLLMBackend) -> None:
 async def test_decode_dtype_option_is_validated() -> None:
     from agent_runtime.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="decode_dtype must be one of float16, bfloat16, float32"):
-        LocalLLMBackend.from_options(decode_dtype="int4")
+    with pytest.raises(
+        ConfigError, match="decode_dtype must be one of float16, bfloat16, float32, int8, int4, auto"
+    ):
+        LocalLLMBackend.from_options(decode_dtype="int2")
     backend = LocalLLMBackend.from_options(decode_dtype="float32", threads=1)
     assert backend.decode_dtype == "float32"
     await backend.aclose()
+    default = LocalLLMBackend.from_options(threads=1)
+    assert default.decode_dtype == "auto"
+    await default.aclose()

@@ -13,10 +13,14 @@ import torch
 from agent_runtime.errors import ModelLoadError
 from agent_runtime.llm import smollm
 from agent_runtime.llm.base import ChatMessage
-from agent_runtime.llm.llama_model import int8_supported
+from agent_runtime.llm.gguf_file import GGUFFile
+from agent_runtime.llm.llama_model import int4_supported, int8_supported
 from agent_runtime.llm.smollm import LocalLM, resolve_model_path
 
-FRANCE = [ChatMessage("system", "You are a helpful assistant."), ChatMessage("user", "What is the capital of France?")]
+FRANCE = [
+    ChatMessage("system", "You are a helpful assistant."),
+    ChatMessage("user", "What is the capital of France?"),
+]
 
 
 @pytest.fixture
@@ -107,7 +111,73 @@ def test_int8_decode_steps_are_close_to_fp32(local_lm: LocalLM, on_worker: Calla
     assert sum(int(t in row) for t, row in zip(q.argmax(-1).tolist(), top5.tolist(), strict=True)) >= 5
 
 
-def test_half_precision_overflow_falls_back_to_fp32(local_lm: LocalLM, reply: Callable[..., str], caplog) -> None:
+def test_q4_blocks_are_the_stored_weights(local_lm: LocalLM) -> None:
+    """The 4-bit blocks the int4 path packs are the checkpoint's: q * scale + offset blockwise equals
+    the dequantised weight, value for value (Q4_1 in SmolLM2; other types give None)."""
+    gguf = GGUFFile(local_lm.stats.path)
+    for name in ("blk.0.attn_q.weight", "blk.0.ffn_down.weight", "blk.29.ffn_gate.weight"):
+        blocks = gguf.load_q4_blocks(name)
+        assert blocks is not None and blocks.q.max() <= 15
+        rows, cols = blocks.q.shape
+        rebuilt = blocks.q.reshape(rows, cols // 32, 32) * blocks.scale[..., None] + blocks.offset[..., None]
+        assert (rebuilt.reshape(rows, cols) == gguf.load(name)).all()
+    assert gguf.load_q4_blocks("token_embd.weight") is None  # Q8_0
+
+
+@pytest.mark.skipif(not int4_supported(), reason="this torch build has no CPU int4 kernel")
+def test_int4_decode_steps_track_fp32(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
+    """`decode_dtype: int4`: one-token steps multiply by the file's own 4-bit blocks (bf16 activations):
+    the logits stay within a few percent of fp32's and pick the same tokens; the packed weights are
+    really used, and switching back drops them."""
+    ids = local_lm.template.encode(FRANCE)
+    model = local_lm.model
+
+    @torch.inference_mode()
+    def steps(name: str) -> torch.Tensor:
+        assert local_lm.use_decode_dtype(name) == name
+        model(torch.tensor(ids[:-6]), 0)
+        return torch.stack([model(torch.tensor([ids[pos]]), pos) for pos in range(len(ids) - 6, len(ids))])
+
+    try:
+        ref, q4 = on_worker(steps, "float32"), on_worker(steps, "int4")
+        assert model.decode_dtype == torch.quint4x2 and model.layers[5].attention.wqkv.decode_int4 is not None
+        assert model.output.decode_int4 is None  # the tied 8-bit head stays fp32
+    finally:
+        local_lm.use_decode_dtype("float16")
+    assert model.layers[5].attention.wqkv.decode_int4 is None and model.decode_dtype == torch.float16
+    assert not torch.equal(ref, q4)
+    assert torch.equal(ref.argmax(-1), q4.argmax(-1))
+    assert (ref - q4).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_auto_decode_dtype_times_int4_against_float16(
+    local_lm: LocalLM, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`auto` keeps int4 only where it is >= 1.3x faster than float16 here (timed at load); a file
+    without 4-bit weights (or a build without the kernel) gets float16."""
+    timings: list[float] = []
+    monkeypatch.setattr(smollm, "_time", lambda fn: timings.pop(0))
+    monkeypatch.setattr(smollm, "int4_supported", lambda: True)
+    monkeypatch.setattr(smollm, "pack_int4", lambda q, scale, offset: object())  # the choice, not the kernel
+    monkeypatch.setattr(local_lm, "_int4", None)
+    monkeypatch.setattr(local_lm.model, "use_decode_int4", lambda blocks: None)
+    try:
+        timings[:] = [100e-6, 260e-6]  # int4, float16
+        assert local_lm.use_decode_dtype("auto") == "int4"
+        timings[:] = [100e-6, 120e-6]
+        assert local_lm.use_decode_dtype("auto") == "float16"
+        monkeypatch.setattr(local_lm, "_int4", None)
+        monkeypatch.setattr(GGUFFile, "load_q4_blocks", lambda self, name: None)
+        with caplog.at_level("WARNING", logger="agent_runtime.llm.smollm"):
+            assert local_lm.use_decode_dtype("int4") == "float16"
+        assert "not 4-bit blocks; using float16" in caplog.text
+    finally:
+        local_lm.use_decode_dtype("float16")
+
+
+def test_half_precision_overflow_falls_back_to_fp32(
+    local_lm: LocalLM, reply: Callable[..., str], caplog
+) -> None:
     model = local_lm.model
     w = model.layers[3].attention.wo
     assert w.decode_weight is not None
@@ -150,7 +220,10 @@ def test_sampling_is_seeded(reply: Callable[..., str]) -> None:
 def test_long_history_is_trimmed_to_fit(local_lm: LocalLM) -> None:
     history = [ChatMessage("system", "Be brief.")]
     for i in range(60):
-        history += [ChatMessage("user", f"Tell me fact number {i} about cats."), ChatMessage("assistant", "Cats sleep a lot. " * 4)]
+        history += [
+            ChatMessage("user", f"Tell me fact number {i} about cats."),
+            ChatMessage("assistant", "Cats sleep a lot. " * 4),
+        ]
     history.append(ChatMessage("user", "Thanks!"))
     ids = local_lm.fit_prompt(history, max_tokens=40)
     assert len(ids) + 40 <= local_lm.max_context
@@ -183,7 +256,9 @@ def test_corrupt_files_are_rejected(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_prime_prefills_the_history(local_lm: LocalLM, on_worker: Callable[..., Any], reply: Callable[..., str]) -> None:
+def test_prime_prefills_the_history(
+    local_lm: LocalLM, on_worker: Callable[..., Any], reply: Callable[..., str]
+) -> None:
     system, question = FRANCE[:1], FRANCE[1:]
     local_lm.reset_cache()
     cached = on_worker(local_lm.prime, system)
