@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from agent_runtime.llm.base import ChatMessage
-from agent_runtime.llm.smollm import DECODE_DTYPES, LocalLM
+from agent_runtime.llm.smollm import DECODE_DTYPES, PREFILL_DTYPES, LocalLM
 
 SYSTEM = (
     "You are Sam, the phone agent of Bluebird Electronics, a shop on Main Street. Facts: open Monday to "
@@ -32,7 +32,7 @@ SYSTEM = (
 
 def _stats(label: str, wall: list[float], cpu: list[float] | None = None) -> str:
     ms = [v * 1000 for v in wall]
-    line = f"{label:<34} wall best {min(ms):7.1f} ms   median {statistics.median(ms):7.1f} ms"
+    line = f"{label:<37} wall best {min(ms):7.1f} ms   median {statistics.median(ms):7.1f} ms"
     if cpu:
         line += f"   thread CPU median {statistics.median(cpu) * 1000:7.1f} ms"
     return line
@@ -74,34 +74,40 @@ QUESTIONS = (
 
 
 @torch.inference_mode()
-def agreement(lm: LocalLM, names: Sequence[str], max_tokens: int = 40) -> dict[str, tuple[float, float]]:
-    """Decode precision against float32, teacher-forced: float32 answers each of `QUESTIONS` greedily,
-    then every precision predicts each next token of those answers from the same prefixes (one-token
-    steps). Returns {name: (top-1 agreement, mean KL(float32 || name) in nats)}."""
+def agreement(
+    lm: LocalLM, specs: Sequence[tuple[str, str]], max_tokens: int = 40
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """(decode, prefill) precisions against float32, teacher-forced: float32 answers each of
+    `QUESTIONS` greedily, then every precision predicts each next token of those answers from the
+    same prefixes (the prompt as one prefill, then one-token steps). Returns {spec: (top-1
+    agreement, mean KL(float32 || spec) in nats)}."""
     lm.use_decode_dtype("float32")
+    lm.use_prefill_dtype("float32")
     answers = []
     for question in QUESTIONS:
         lm.reset_cache()
         prompt = lm.template.encode([ChatMessage("system", SYSTEM), ChatMessage("user", question)])
         answers.append((prompt, list(lm.generate(prompt, max_tokens))))
 
-    def step_logits(name: str) -> torch.Tensor:
-        lm.use_decode_dtype(name)
+    def step_logits(decode: str, prefill: str) -> torch.Tensor:
+        lm.use_decode_dtype(decode)
+        lm.use_prefill_dtype(prefill)
         rows = []
         for prompt, answer in answers:
-            lm.model(torch.tensor(prompt), 0)  # prefill: fp32 for every precision
+            rows.append(lm.model(torch.tensor(prompt), 0).float())
             rows += [
                 lm.model(torch.tensor([tok]), len(prompt) + i).float() for i, tok in enumerate(answer[:-1])
             ]
         return torch.stack(rows).log_softmax(-1)
 
-    ref = step_logits("float32")
+    ref = step_logits("float32", "float32")
     out = {}
-    for name in names:
-        got = step_logits(name)
+    for spec in specs:
+        got = step_logits(*spec)
         top1 = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
         kl = (ref.exp() * (ref - got)).sum(-1).mean().item()
-        out[name] = (top1, kl)
+        out[spec] = (top1, kl)
+    lm.use_prefill_dtype("float32")
     lm.reset_cache()
     return out
 
@@ -115,26 +121,31 @@ def run(
 ) -> None:
     if threads:
         torch.set_num_threads(threads)
-    lm = LocalLM.load(model, max_context=2048, decode_dtype="float32")
+    lm = LocalLM.load(model, max_context=2048, decode_dtype="float32", prefill_dtype="float32")
     log(
         f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
-    log(f"{'load (parse + tokenizer + dequantise)':<34} {lm.stats.seconds * 1000:7.0f} ms")
+    log(f"{'load (parse + tokenizer + dequantise)':<37} {lm.stats.seconds * 1000:7.0f} ms")
     ids = lm.tokenizer.encode("The quick brown fox jumps over the lazy dog near the river bank. " * 12)[:150]
-    prefill = _Timer()
+    prefill = {(name, n): _Timer() for name in PREFILL_DTYPES for n in (150, 20)}
     decode = {name: _Timer() for name in decode_dtypes}
     with torch.inference_mode():
-        lm.model(torch.tensor(ids[:8]), 0)  # first-call warm-up
         for _ in range(repeat):
-            with prefill:
-                lm.model(torch.tensor(ids), 0)
+            for (name, n), timer in prefill.items():
+                lm.use_prefill_dtype(name)
+                lm.model(torch.tensor(ids[:8]), 0)  # warm-up of this dtype's kernels
+                with timer:
+                    lm.model(torch.tensor(ids[:n]), 0)
+            lm.use_prefill_dtype("float32")
+            lm.model(torch.tensor(ids), 0)
             for name, timer in decode.items():  # interleaved: load on the machine hits all alike
                 lm.use_decode_dtype(name)
                 lm.model(torch.tensor([ids[0]]), 150)  # warm-up of this dtype's kernels
                 for i in range(20):
                     with timer:
                         lm.model(torch.tensor([ids[i]]), 150 + i)
-    log(_stats("prefill, 150-token prompt", prefill.wall, prefill.cpu))
+    for (name, n), timer in prefill.items():
+        log(_stats(f"prefill, {n}-token prompt, {name}", timer.wall, timer.cpu))
     for name, timer in decode.items():
         log(_stats(f"decode, per token, {name}", timer.wall, timer.cpu))
     first_turn = [ChatMessage("system", SYSTEM), ChatMessage("user", "What time do you open tomorrow?")]
@@ -157,10 +168,12 @@ def run(
         log(f"reply ({name}): {answers[name]!r}")
         log(_stats(f"TTFT, first turn, {name}", cold[name].wall, cold[name].cpu))
         log(_stats(f"TTFT, next turn, {name}", warm[name].wall, warm[name].cpu))
-    for name, (top1, kl) in agreement(lm, decode_dtypes).items():
+    specs = [(name, "float32") for name in decode_dtypes] + [(decode_dtypes[0], "bfloat16")]
+    for (decode_name, prefill_name), (top1, kl) in agreement(lm, specs).items():
+        label = f"agreement, {decode_name} / {prefill_name} prefill"
         log(
-            f"{'agreement with float32, ' + name:<34} top-1 {top1 * 100:5.1f} %   mean KL {kl:.1e} nats"
-            f"   ({len(QUESTIONS)} answers, teacher-forced)"
+            f"{label:<37} top-1 {top1 * 100:5.1f} %   mean KL {kl:.1e} nats"
+            f"   (vs float32, {len(QUESTIONS)} answers, teacher-forced)"
         )
     if len(decode_dtypes) > 1:
         base = decode_dtypes[-1]

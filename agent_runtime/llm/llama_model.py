@@ -10,7 +10,8 @@ keeps a second, half-precision copy of the weights for one-row matvecs (decode s
 output head): half the bytes to read. `use_decode_int4` instead keeps the checkpoint's own 4-bit
 blocks (Q4_0/Q4_1, one eighth of the fp32 bytes) for torch's int4 weight-only matvec: the weights
 are exactly the checkpoint's, the activations go through bf16. Prefill (many rows, compute bound)
-keeps the fp32 weights, because half-precision GEMMs are slow on CPUs without native support (AVX2).
+keeps the fp32 weights unless `use_prefill_dtype` gives it bf16 copies (fast on CPUs with AMX or
+AVX-512 bf16, several times slower than fp32 on AVX2-only CPUs).
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
+        self.prefill_weight: torch.Tensor | None = None  # a bf16 copy for many-row inputs (prefill)
         self.decode_weight: torch.Tensor | None = None
         self.decode_packed: Any = None
         self.decode_int4: Int4Weight | None = None
@@ -73,6 +75,8 @@ class Linear(nn.Linear):
             dw = self.decode_weight
             if dw is not None:
                 return F.linear(x.to(dw.dtype), dw).to(x.dtype)
+        elif self.prefill_weight is not None:
+            return F.linear(x.to(self.prefill_weight.dtype), self.prefill_weight).to(x.dtype)
         return F.linear(x, self.weight)
 
 
@@ -277,6 +281,21 @@ class Llama(nn.Module):
                 module.decode_weight = (
                     None if same or dtype == torch.qint8 else module.weight.detach().to(dtype)
                 )
+
+    @property
+    def prefill_dtype(self) -> torch.dtype:
+        """The dtype many-row inputs (prefill) multiply with: the weights' own unless `use_prefill_dtype`."""
+        pw = self.layers[0].feed_forward.w2.prefill_weight
+        return self.layers[0].feed_forward.w2.weight.dtype if pw is None else pw.dtype
+
+    def use_prefill_dtype(self, dtype: torch.dtype | None) -> None:
+        """Multiply many-row inputs of the block linears by copies in `dtype` (bf16: the CPU's AMX or
+        AVX-512 bf16 GEMM); None or the weights' own dtype drops the copies. The output head only ever
+        sees one row (the last position), so it keeps its weights."""
+        for module in self.layers.modules():
+            if isinstance(module, Linear):
+                same = dtype is None or dtype == module.weight.dtype
+                module.prefill_weight = None if same else module.weight.detach().to(dtype)
 
     def use_decode_int4(self, blocks: dict[Linear, Int4Weight]) -> None:
         """One-token steps multiply every linear in `blocks` by its packed 4-bit weights; the others

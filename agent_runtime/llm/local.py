@@ -38,7 +38,9 @@ class LocalLLMBackend(LLMBackend):
     `decode_dtype` (the weights one-token steps read: "auto" by default = "int4", the checkpoint's
     own 4-bit blocks with bf16 activations, where this CPU runs it >= 1.3x faster than "float16"
     (timed at load), else "float16"; or "int4", "float16", "bfloat16", "int8" (fbgemm, lossy),
-    "float32" for none; docs/llm.md; prefill always uses the fp32 weights), `lm` (an already loaded `LocalLM`, e.g. shared by tests).
+    "float32" for none; docs/llm.md), `prefill_dtype` (the weights prompt chunks multiply with: "auto"
+    by default = bf16 copies where this CPU's bf16 GEMM is >= 1.3x faster than fp32, timed at load,
+    else "float32"; or "bfloat16", "float32"), `lm` (an already loaded `LocalLM`, e.g. shared by tests).
     """
 
     name = "local"
@@ -51,10 +53,22 @@ class LocalLLMBackend(LLMBackend):
         repetition_penalty: float = 1.1,
         decode_dtype: str | None = None,
         lm: LocalLM | None = None,
+        prefill_dtype: str | None = None,
     ) -> None:
-        from agent_runtime.llm.smollm import DECODE_DTYPE_CHOICES, DEFAULT_DECODE_DTYPE
+        from agent_runtime.llm.smollm import (
+            DECODE_DTYPE_CHOICES,
+            DEFAULT_DECODE_DTYPE,
+            DEFAULT_PREFILL_DTYPE,
+            PREFILL_DTYPE_CHOICES,
+        )
 
         decode_dtype = decode_dtype or DEFAULT_DECODE_DTYPE
+        prefill_dtype = prefill_dtype or DEFAULT_PREFILL_DTYPE
+        if prefill_dtype not in PREFILL_DTYPE_CHOICES:
+            raise ConfigError(
+                f"local LLM: prefill_dtype must be one of {', '.join(PREFILL_DTYPE_CHOICES)}, not {prefill_dtype!r}"
+            )
+        self.prefill_dtype = prefill_dtype
 
         if repetition_penalty <= 0:
             raise ConfigError("local LLM: repetition_penalty must be positive (1.0 = off)")
@@ -75,7 +89,7 @@ class LocalLLMBackend(LLMBackend):
 
     @classmethod
     def from_options(cls, **options: Any) -> LocalLLMBackend:
-        known = {"model_path", "max_context", "threads", "repetition_penalty", "decode_dtype"}
+        known = {"model_path", "max_context", "threads", "repetition_penalty", "decode_dtype", "prefill_dtype"}
         unknown = set(options) - known
         if unknown:
             raise ConfigError(
@@ -89,7 +103,7 @@ class LocalLLMBackend(LLMBackend):
             if self._lm is None:
                 from agent_runtime.llm.smollm import LocalLM
 
-                self._lm = LocalLM.load(self.model_path, self.max_context, self.decode_dtype)
+                self._lm = LocalLM.load(self.model_path, self.max_context, self.decode_dtype, self.prefill_dtype)
             return self._lm
 
     async def warmup(self) -> None:

@@ -55,6 +55,9 @@ DECODE_DTYPES = {
     "int4": torch.quint4x2,
 }
 DECODE_DTYPE_CHOICES = (*DECODE_DTYPES, "auto")
+PREFILL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+PREFILL_DTYPE_CHOICES = (*PREFILL_DTYPES, "auto")
+DEFAULT_PREFILL_DTYPE = "auto"  # bfloat16 where this CPU multiplies a prompt chunk >= 1.3x faster in it
 DEFAULT_DECODE_DTYPE = "auto"  # int4 where this CPU runs it faster than float16 (timed at load), else float16
 _AUTO_MIN_SPEEDUP = 1.3
 
@@ -105,16 +108,22 @@ class LocalLM:
         model_path: str | Path | None = None,
         max_context: int = 2048,
         decode_dtype: str = DEFAULT_DECODE_DTYPE,
+        prefill_dtype: str = DEFAULT_PREFILL_DTYPE,
     ) -> LocalLM:
         """Read a GGUF; `decode_dtype` is the precision of the weights one-token steps read ("int4":
         the checkpoint's own 4-bit blocks with bf16 activations, "float16"/"bfloat16" copies, "int8":
         fbgemm's dynamic int8, lossy, "float32" = no copies, or "auto": int4 where this CPU runs it
-        faster, else float16). See `use_decode_dtype` for the fallbacks."""
+        faster, else float16). See `use_decode_dtype` for the fallbacks. `prefill_dtype`: the weights
+        prompt chunks multiply with ("float32", "bfloat16" copies, or "auto": bfloat16 where faster)."""
         from agent_runtime.llm.gguf_file import GGUFFile  # needs the optional 'gguf' package
 
         if decode_dtype not in DECODE_DTYPE_CHOICES:
             raise ValueError(
                 f"decode_dtype must be one of {', '.join(DECODE_DTYPE_CHOICES)}, not {decode_dtype!r}"
+            )
+        if prefill_dtype not in PREFILL_DTYPE_CHOICES:
+            raise ValueError(
+                f"prefill_dtype must be one of {', '.join(PREFILL_DTYPE_CHOICES)}, not {prefill_dtype!r}"
             )
         t0 = time.perf_counter()
         path = resolve_model_path(model_path)
@@ -126,9 +135,10 @@ class LocalLM:
         model.eval().requires_grad_(False)
         lm = cls(model, tokenizer, path, 0.0)
         used = lm.use_decode_dtype(decode_dtype, gguf)
+        prefill = lm.use_prefill_dtype(prefill_dtype)
         lm.stats = LoadStats(time.perf_counter() - t0, path, lm.stats.params)
-        log.info("loaded %s (%.1fM params) in %.2f s, decoding with %s weights",
-                 path.name, lm.stats.params / 1e6, lm.stats.seconds, used)  # fmt: skip
+        log.info("loaded %s (%.1fM params) in %.2f s: prefill with %s weights, decode with %s",
+                 path.name, lm.stats.params / 1e6, lm.stats.seconds, prefill, used)  # fmt: skip
         return lm
 
     @property
@@ -155,6 +165,25 @@ class LocalLM:
                 self.model.use_decode_int4(self._int4)
                 return name
         self.model.use_decode_dtype(DECODE_DTYPES[name])
+        return name
+
+    def use_prefill_dtype(self, name: str) -> str:
+        """Switch the weights prompt chunks multiply with (a `PREFILL_DTYPE_CHOICES` name); returns the
+        one in use ("auto": bfloat16 copies where a 16-row chunk through the widest layer runs >= 1.3x
+        faster than float32 on this CPU, timed now, else float32)."""
+        if name not in PREFILL_DTYPE_CHOICES:
+            raise ValueError(f"prefill_dtype must be one of {', '.join(PREFILL_DTYPE_CHOICES)}, not {name!r}")
+        if name == "auto":
+            layer = self.model.layers[0].feed_forward.w13
+            rows = torch.randn(16, layer.in_features)
+            weight = layer.weight.detach()
+            half = weight.to(torch.bfloat16)
+            bf16_s = _time(lambda: torch.nn.functional.linear(rows.to(torch.bfloat16), half))
+            fp32_s = _time(lambda: torch.nn.functional.linear(rows, weight))
+            name = "bfloat16" if fp32_s >= _AUTO_MIN_SPEEDUP * bf16_s else "float32"
+            log.info("prefill_dtype auto: %s (16 rows x %dx%d: bfloat16 %.0f us, float32 %.0f us)",
+                     name, layer.out_features, layer.in_features, bf16_s * 1e6, fp32_s * 1e6)  # fmt: skip
+        self.model.use_prefill_dtype(PREFILL_DTYPES[name])
         return name
 
     def _pick_decode_dtype(self, gguf: GGUFFile | None) -> str:
@@ -200,16 +229,19 @@ class LocalLM:
         return logits
 
     def _forward(self, tokens: list[int], start: int) -> torch.Tensor:
-        """Logits after `tokens` fed at `start`. A half-precision step that overflows (non-finite
-        logits) is redone in fp32, and the half copies are dropped for good."""
+        """Logits after `tokens` fed at `start`. A reduced-precision step that overflows (non-finite
+        logits) is redone in fp32, and the reduced copies are dropped for good."""
         logits = self.model(torch.tensor(tokens), start)
-        if self.model.decode_dtype != torch.float32 and not bool(torch.isfinite(logits).all()):
+        reduced = self.model.decode_dtype != torch.float32 or self.model.prefill_dtype != torch.float32
+        if reduced and not bool(torch.isfinite(logits).all()):
             log.warning(
-                "%s: non-finite logits in %s; decoding in float32 from now on",
+                "%s: non-finite logits (prefill %s, decode %s); running in float32 from now on",
                 self.stats.path.name,
+                self.model.prefill_dtype,
                 self.model.decode_dtype,
             )
             self.model.use_decode_dtype(None)
+            self.model.use_prefill_dtype(None)
             logits = self.model(torch.tensor(tokens), start)  # rewrites the same cache positions
         return logits
 

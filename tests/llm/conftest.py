@@ -21,7 +21,8 @@ from agent_runtime.llm.smollm import LocalLM
 
 @pytest.fixture(scope="session")
 def local_lm() -> LocalLM:
-    return LocalLM.load(max_context=1024, decode_dtype="float16")  # the tests switch precisions explicitly
+    # The tests switch precisions explicitly; the baseline is fp32 prefill and fp16 decode copies.
+    return LocalLM.load(max_context=1024, decode_dtype="float16", prefill_dtype="float32")
 
 
 @pytest.fixture(scope="session")

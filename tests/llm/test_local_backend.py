@@ -109,6 +109,8 @@ async def test_decode_dtype_option_is_validated() -> None:
     backend = LocalLLMBackend.from_options(decode_dtype="float32", threads=1)
     assert backend.decode_dtype == "float32"
     await backend.aclose()
+    with pytest.raises(ConfigError, match="prefill_dtype must be one of float32, bfloat16, auto"):
+        LocalLLMBackend.from_options(prefill_dtype="float16")
     default = LocalLLMBackend.from_options(threads=1)
-    assert default.decode_dtype == "auto"
+    assert default.decode_dtype == "auto" and default.prefill_dtype == "auto"
     await default.aclose()

@@ -175,6 +175,43 @@ def test_auto_decode_dtype_times_int4_against_float16(
         local_lm.use_decode_dtype("float16")
 
 
+def test_bf16_prefill_tracks_fp32(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
+    """`prefill_dtype: bfloat16`: prompt chunks multiply by bf16 copies of the block weights (the
+    one-row output head keeps fp32): the logits stay within a few percent and pick the same token."""
+    ids = local_lm.template.encode(FRANCE)
+    model = local_lm.model
+
+    @torch.inference_mode()
+    def prefill(name: str) -> torch.Tensor:
+        assert local_lm.use_prefill_dtype(name) == name
+        return model(torch.tensor(ids), 0)
+
+    try:
+        ref, half = on_worker(prefill, "float32"), on_worker(prefill, "bfloat16")
+        assert model.prefill_dtype == torch.bfloat16 and model.output.prefill_weight is None
+    finally:
+        local_lm.use_prefill_dtype("float32")
+    assert model.layers[0].attention.wo.prefill_weight is None and model.prefill_dtype == torch.float32
+    assert not torch.equal(ref, half)
+    assert ref.argmax() == half.argmax()
+    assert (ref - half).abs().max().item() < 0.05 * ref.abs().max().item()
+
+
+def test_auto_prefill_dtype_times_bf16_against_fp32(local_lm: LocalLM, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` takes bf16 copies for prompt chunks only where they are >= 1.3x faster than fp32 here."""
+    timings: list[float] = []
+    monkeypatch.setattr(smollm, "_time", lambda fn: timings.pop(0))
+    try:
+        timings[:] = [300e-6, 1200e-6]  # bfloat16, float32 (an AMX CPU)
+        assert local_lm.use_prefill_dtype("auto") == "bfloat16"
+        assert local_lm.model.prefill_dtype == torch.bfloat16
+        timings[:] = [5000e-6, 1200e-6]  # an AVX2-only CPU
+        assert local_lm.use_prefill_dtype("auto") == "float32"
+        assert local_lm.model.prefill_dtype == torch.float32
+    finally:
+        local_lm.use_prefill_dtype("float32")
+
+
 def test_half_precision_overflow_falls_back_to_fp32(
     local_lm: LocalLM, reply: Callable[..., str], caplog
 ) -> None:
@@ -187,7 +224,7 @@ def test_half_precision_overflow_falls_back_to_fp32(
         with caplog.at_level("WARNING", logger="agent_runtime.llm.smollm"):
             answer = reply(FRANCE)
         assert "Paris" in answer
-        assert "decoding in float32 from now on" in caplog.text
+        assert "running in float32 from now on" in caplog.text
         assert model.decode_dtype == torch.float32 and w.decode_weight is None
     finally:
         model.use_decode_dtype(torch.float16)
