@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from agent_runtime.cores import usable_cores
 from agent_runtime.errors import ConfigError, ModelLoadError
 from agent_runtime.tts.base import SpeechOptions, UnsupportedSpeechOption, UtteranceSynth
 from agent_runtime.tts.chunker import ChunkerConfig, split_text
@@ -85,7 +86,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         speaker_id: int | str | None = None,
         volume: float = 1.0,
         normalize_audio: bool = True,
-        threads: int = 0,
+        threads: int | None = None,
         use_cuda: bool = False,
         chunker_config: ChunkerConfig | dict[str, Any] | None = None,
         max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
@@ -95,8 +96,9 @@ class PiperSynthesizer(ChunkedSynthesizer):
         `voice`: None or a packaged voice name (`en_US-joe-medium`), a `.onnx` path (its config is
         `<path>.json` unless `config_path`) or a directory holding one. `speed` (>1 faster) and
         `length_scale` (<1 faster) are alternatives. `noise_scale`/`noise_w_scale` (0 makes output
-        deterministic) default to the voice's config. `threads` caps onnxruntime intra-op threads
-        (0: onnxruntime's default). `chunker_config` (a ChunkerConfig or its fields) tunes segmenting.
+        deterministic) default to the voice's config. `threads`: onnxruntime intra-op threads (None:
+        half the usable cores, 1 to 4, so a synthesis and the LLM writing the rest of the reply each
+        keep a core instead of oversubscribing them; 0: onnxruntime's default, all cores). `chunker_config` (a ChunkerConfig or its fields) tunes segmenting.
         `max_input_chars`: longer text (after markup removal) is spoken as pieces of at most this
         many characters, cut at word boundaries (bounds the memory of one inference).
         """
@@ -111,6 +113,8 @@ class PiperSynthesizer(ChunkedSynthesizer):
         self.max_input_chars = max_input_chars
         self.model_path, self.config_path = resolve_piper_voice(voice, config_path)
         started = time.perf_counter()
+        if threads is None:
+            threads = max(1, min(4, usable_cores() // 2))
         self.voice = _load_voice(self.model_path, self.config_path, threads=threads, use_cuda=use_cuda)
         self.load_seconds = time.perf_counter() - started
         self.sample_rate = int(self.voice.config.sample_rate)

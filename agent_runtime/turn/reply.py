@@ -187,9 +187,12 @@ class Reply:
         try:
             if not s.config.turn.speculative:
                 await self.committed.wait()  # sequential: nothing starts before the turn ends
+            if self.metrics.user_speech_end is not None:  # how long after the end of speech ASR began
+                self.metrics.extra["asr_start_ms"] = round((time.monotonic() - self.metrics.user_speech_end) * 1000, 1)
             self.transcript = await s.recognizer.atranscribe(self.audio.astype(np.float32) / 32768.0)
             self.metrics.asr_final = time.monotonic()
             self.metrics.extra["asr_wait_ms"] = round(self.transcript.wait_seconds * 1000, 1)
+            self.metrics.extra["asr_compute_ms"] = round(self.transcript.processing_seconds * 1000, 1)
             self.metrics.user_text = self.transcript.text
             self.transcript_ready.set()
             s.on_transcript(self)
