@@ -462,7 +462,11 @@ def _int4_weights(
                 torch.from_numpy(np.concatenate([getattr(b, f) for b in blocks]))
                 for f in ("q", "scale", "offset")
             )
-            packed[module] = pack_int4(q, scale, offset)
+            try:
+                packed[module] = pack_int4(q, scale, offset)
+            except (ValueError, RuntimeError) as exc:  # e.g. rows not a multiple of the kernel's 16
+                warn("decode_dtype int4: %s %s cannot be packed (%s); using float16", path.name, names[0], exc)
+                return None
     return packed
 
 

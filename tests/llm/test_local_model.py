@@ -171,6 +171,18 @@ def test_auto_decode_dtype_times_int4_against_float16(
         with caplog.at_level("WARNING", logger="agent_runtime.llm.smollm"):
             assert local_lm.use_decode_dtype("int4") == "float16"
         assert "not 4-bit blocks; using float16" in caplog.text
+        monkeypatch.undo()  # a shape the kernel cannot pack (rows not a multiple of 16): float16, not a crash
+        monkeypatch.setattr(local_lm, "_int4", None)
+
+        def unpackable(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor) -> None:
+            raise ValueError("int4 packing needs rows in multiples of 16")
+
+        monkeypatch.setattr(smollm, "pack_int4", unpackable)
+        monkeypatch.setattr(smollm, "int4_supported", lambda: True)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="agent_runtime.llm.smollm"):
+            assert local_lm.use_decode_dtype("int4") == "float16"
+        assert "cannot be packed" in caplog.text
     finally:
         local_lm.use_decode_dtype("float16")
 
