@@ -63,7 +63,15 @@ class Linear(nn.Linear):
     def reset_parameters(self) -> None:
         pass
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prefill: bool = False) -> torch.Tensor:
+        """`prefill`: x is (part of) a prompt, multiplied by the prefill copy if there is one, in
+        `PREFILL_BLOCK`-row calls (so a row's result does not depend on how the prompt was chunked:
+        a one-token re-feed of a cached prompt gives what the full prompt gave). Otherwise one-row
+        inputs take the decode copies."""
+        if prefill:
+            if self.prefill_weight is not None:
+                return _blocked_linear(x, self.prefill_weight)
+            return F.linear(x, self.weight)
         if x.dim() == 1 or x.shape[0] == 1:
             if self.decode_int4 is not None:
                 return self.decode_int4.matvec(x)
@@ -75,9 +83,20 @@ class Linear(nn.Linear):
             dw = self.decode_weight
             if dw is not None:
                 return F.linear(x.to(dw.dtype), dw).to(x.dtype)
-        elif self.prefill_weight is not None:
-            return F.linear(x.to(self.prefill_weight.dtype), self.prefill_weight).to(x.dtype)
         return F.linear(x, self.weight)
+
+
+PREFILL_BLOCK = 32
+
+
+def _blocked_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x (T, in) @ weight.T in calls of exactly `PREFILL_BLOCK` rows (the last padded with zeros), in
+    weight's dtype, returned in x's. oneDNN's bf16 GEMM picks its kernel by the row count, and a row's
+    result differs between kernels; with one row count every row comes out the same wherever it sits."""
+    t = x.shape[0]
+    padded = F.pad(x.to(weight.dtype), (0, 0, 0, -t % PREFILL_BLOCK))
+    out = torch.cat([F.linear(block, weight) for block in padded.split(PREFILL_BLOCK)])
+    return out[:t].to(x.dtype)
 
 
 def pack_int8(weight: torch.Tensor) -> Any:
@@ -201,10 +220,11 @@ class Attention(nn.Module):
         v_cache: torch.Tensor,
         start: int,
         blocked: torch.Tensor | None,
+        prefill: bool = False,
     ) -> torch.Tensor:
         """x (T, dim) at positions start..; caches (n_kv, max_ctx, hd); blocked (group*T, start+T) or None."""
         t, end = x.shape[0], start + x.shape[0]
-        qk, v = self.wqkv(x).split([(self.n_heads + self.n_kv) * self.hd, self.n_kv * self.hd], -1)
+        qk, v = self.wqkv(x, prefill).split([(self.n_heads + self.n_kv) * self.hd, self.n_kv * self.hd], -1)
         qk = apply_rope(qk.view(t, self.n_heads + self.n_kv, self.hd), rot)  # rotate q and k together
         q, k = qk.split([self.n_heads, self.n_kv], 1)
         k_cache[:, start:end] = k.transpose(0, 1)
@@ -214,7 +234,7 @@ class Attention(nn.Module):
         if blocked is not None:
             scores.masked_fill_(blocked, float("-inf"))
         out = torch.bmm(torch.softmax(scores, dim=-1), v_cache[:, :end])
-        return self.wo(out.view(self.n_heads, t, self.hd).transpose(0, 1).reshape(t, -1))
+        return self.wo(out.view(self.n_heads, t, self.hd).transpose(0, 1).reshape(t, -1), prefill)
 
 
 class FeedForward(nn.Module):
@@ -225,9 +245,9 @@ class FeedForward(nn.Module):
         self.w13 = Linear(cfg.dim, 2 * cfg.hidden_dim)
         self.w2 = Linear(cfg.hidden_dim, cfg.dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w13(x).chunk(2, -1)
-        return self.w2(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, prefill: bool = False) -> torch.Tensor:
+        gate, up = self.w13(x, prefill).chunk(2, -1)
+        return self.w2(F.silu(gate) * up, prefill)
 
 
 class Block(nn.Module):
@@ -311,9 +331,11 @@ class Llama(nn.Module):
             self.k_cache.zero_()
             self.v_cache.zero_()
 
-    def forward(self, tokens: torch.Tensor, start: int) -> torch.Tensor:
-        """Feed `tokens` (T,) at positions start..start+T-1; return the last position's logits (vocab,)."""
+    def forward(self, tokens: torch.Tensor, start: int, prefill: bool | None = None) -> torch.Tensor:
+        """Feed `tokens` (T,) at positions start..start+T-1; return the last position's logits (vocab,).
+        `prefill` (default: T > 1) picks the block linears' prefill weights over their decode ones."""
         t = tokens.shape[0]
+        prefill = t > 1 if prefill is None else prefill
         end = start + t
         if end > self.max_context:
             raise ValueError(f"context overflow: {end} > {self.max_context} positions")
@@ -325,6 +347,6 @@ class Llama(nn.Module):
         x = self.tok_embeddings(tokens)
         for i, layer in enumerate(self.layers):
             h = layer.attention_norm(x)
-            x = x + layer.attention(h, rot, self.k_cache[i], self.v_cache[i], start, blocked)
-            x = x + layer.feed_forward(layer.ffn_norm(x))
+            x = x + layer.attention(h, rot, self.k_cache[i], self.v_cache[i], start, blocked, prefill)
+            x = x + layer.feed_forward(layer.ffn_norm(x), prefill)
         return self.output(self.norm(x[-1]))

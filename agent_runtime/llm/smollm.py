@@ -221,17 +221,17 @@ class LocalLM:
         logits = None
         for pos in range(reuse, len(prompt), PREFILL_CHUNK):  # chunked so a cancel lands quickly
             chunk = prompt[pos : pos + PREFILL_CHUNK]
-            logits = self._forward(chunk, pos)
+            logits = self._forward(chunk, pos, prefill=True)
             self._cached += chunk
             if should_stop is not None and should_stop():
                 return None
         self.last_prefill = (reuse, len(prompt) - reuse, time.perf_counter() - t0)
         return logits
 
-    def _forward(self, tokens: list[int], start: int) -> torch.Tensor:
+    def _forward(self, tokens: list[int], start: int, prefill: bool = False) -> torch.Tensor:
         """Logits after `tokens` fed at `start`. A reduced-precision step that overflows (non-finite
         logits) is redone in fp32, and the reduced copies are dropped for good."""
-        logits = self.model(torch.tensor(tokens), start)
+        logits = self.model(torch.tensor(tokens), start, prefill)
         reduced = self.model.decode_dtype != torch.float32 or self.model.prefill_dtype != torch.float32
         if reduced and not bool(torch.isfinite(logits).all()):
             log.warning(
@@ -242,7 +242,7 @@ class LocalLM:
             )
             self.model.use_decode_dtype(None)
             self.model.use_prefill_dtype(None)
-            logits = self.model(torch.tensor(tokens), start)  # rewrites the same cache positions
+            logits = self.model(torch.tensor(tokens), start, prefill)  # rewrites the same cache positions
         return logits
 
     def prime(self, messages: Sequence[ChatMessage]) -> int:

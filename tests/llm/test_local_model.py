@@ -209,6 +209,42 @@ def test_bf16_prefill_tracks_fp32(local_lm: LocalLM, on_worker: Callable[..., An
     assert (ref - half).abs().max().item() < 0.05 * ref.abs().max().item()
 
 
+def test_a_cached_prompt_re_fed_gives_the_same_logits(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
+    """The next turn of a call re-feeds the last prompt token over the cached prefix: with bf16 prefill
+    and int4 decode copies loaded, that token still goes through the prefill weights in a full
+    `PREFILL_BLOCK`-row call, so its logits are bit-identical to the full prompt's (a reply does
+    not change because its prompt was cached)."""
+    ids = local_lm.template.encode(FRANCE)
+
+    def twice() -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, float]]:
+        local_lm.use_prefill_dtype("bfloat16")
+        local_lm.use_decode_dtype("int4" if int4_supported() else "bfloat16")
+        local_lm.reset_cache()
+        full = local_lm.prefill(ids)
+        again = local_lm.prefill(ids)
+        return full, again, local_lm.last_prefill  # type: ignore[return-value]
+
+    try:
+        full, again, (reused, fed, _) = on_worker(twice)
+    finally:
+        local_lm.use_prefill_dtype("float32")
+        local_lm.use_decode_dtype("float16")
+        local_lm.reset_cache()
+    assert (reused, fed) == (len(ids) - 1, 1)
+    assert torch.equal(full, again)
+
+
+def test_blocked_prefill_rows_do_not_depend_on_the_chunk() -> None:
+    from agent_runtime.llm.llama_model import _blocked_linear
+
+    torch.manual_seed(0)
+    w = torch.randn(960, 576).bfloat16()
+    x = torch.randn(27, 576)
+    whole = _blocked_linear(x, w)
+    assert torch.equal(torch.cat([_blocked_linear(x[:7], w), _blocked_linear(x[7:], w)]), whole)
+    assert torch.equal(_blocked_linear(x[26:], w), whole[26:])
+
+
 def test_auto_prefill_dtype_times_bf16_against_fp32(local_lm: LocalLM, monkeypatch: pytest.MonkeyPatch) -> None:
     """`auto` takes bf16 copies for prompt chunks only where they are >= 1.3x faster than fp32 here."""
     timings: list[float] = []
