@@ -9,6 +9,7 @@
 #   deploy/gpu-bench.sh [OUT_DIR] [STEP ...]
 #       steps: serve-tests bench-serve tests (the default, < 8 min on one H100/H200)
 #              bench-serve-profile dual-ar dual-ar-compiled batched synth synth-compiled
+#              tts-wire (issue 12: S2-Pro shapes, random weights, in process vs behind tts-serve)
 #       SERVE_DURATION (default 10): seconds of call arrivals per concurrency level of bench-serve
 #
 # PYTHON (default python3) must have a CUDA build of torch and this package importable
@@ -17,7 +18,7 @@ set -uo pipefail
 OUT=${1:-out/gpu}
 shift || true
 STEPS=${*:-serve-tests bench-serve tests}
-ALL_STEPS="serve-tests bench-serve tests bench-serve-profile dual-ar dual-ar-compiled batched synth synth-compiled"
+ALL_STEPS="serve-tests bench-serve tests bench-serve-profile dual-ar dual-ar-compiled batched synth synth-compiled tts-wire"
 SERVE_DURATION=${SERVE_DURATION:-10}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
@@ -59,6 +60,8 @@ for s in $STEPS; do
             "${S2PRO_SHAPES[@]}" ;;
         synth-compiled) step synth-compiled 300 "$PY" -m agent_runtime.cli s2pro bench-synth --device cuda --dtype bf16 \
             --threads 0 --compile --compile-slow "${S2PRO_SHAPES[@]}" ;;
+        tts-wire) step tts-wire 300 "$PY" -m agent_runtime.cli bench tts-wire --config configs/s2pro-random.yaml \
+            --streams 1 4 16 --rounds 3 --json-out "$OUT/tts-wire.json" ;;
         *) echo "unknown step $s ($ALL_STEPS)" >&2; exit 2 ;;
     esac
 done

@@ -134,8 +134,10 @@ def load_local(
 ) -> S2ProBackend:
     """Load the local backend (blocking: seconds on the real 9 GB checkpoint).
 
-    `checkpoint`: Dual-AR directory; `codec`: codec.pth (`codec_config`: its architecture JSON,
-    default the S2-Pro codec); `voice`: a voice-library name (`voice_library`: the library root,
+    `checkpoint`: Dual-AR directory, or `random:s2pro[:SEED]` / `random:tiny[:SEED]` for random
+    weights of those shapes (benchmarks without the real weights: the speech is noise, the compute is
+    the real model's); `codec`: codec.pth (`codec_config`: its architecture JSON, default the S2-Pro
+    codec), or `random:full` / `random:mid` / `random:<codec-config.json>` (random weights); `voice`: a voice-library name (`voice_library`: the library root,
     default `$AGENT_RUNTIME_VOICES` or ~/.local/share/agent-runtime/voices), none = no reference;
     `device`: cpu or cuda[:N]; `dtype`: Dual-AR weights, auto = bf16 on CUDA, fp32 on CPU (where
     it is the faster and the bit-exact choice); `codec_dtype`: fp32 or bf16; sampling
@@ -200,22 +202,41 @@ def load_local(
     )
     reference = load_voice(voice, voice_library)
     started = time.perf_counter()
+    torch_dtype = getattr(torch, DTYPE_NAMES[dtype])
+    random_spec = _random_spec(checkpoint)
     engine_obj: Any
     if pool is not None:
         from agent_runtime.tts.s2pro.serving.engine import PooledEngine
 
-        engine_obj = PooledEngine.load(
-            checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]), pool=pool,
-            prefix_cache_size=prefix_cache_size, threads=int(threads),
-        )  # fmt: skip
+        if random_spec is not None:
+            model, tokenizer = _random_dual_ar(*random_spec, device, torch_dtype)
+            engine_obj = PooledEngine(model, tokenizer, pool, prefix_cache_size=prefix_cache_size, threads=int(threads))
+        else:
+            engine_obj = PooledEngine.load(
+                checkpoint, device=device, dtype=torch_dtype, pool=pool,
+                prefix_cache_size=prefix_cache_size, threads=int(threads),
+            )  # fmt: skip
     else:
-        engine_obj = S2ProEngine.load(
-            checkpoint, device=device, dtype=getattr(torch, DTYPE_NAMES[dtype]),
-            prefix_cache_size=prefix_cache_size, compile_fast=compile_fast, compile_slow=compile_slow,
-            attention=attention, batch_decode=batch_decode, max_batch=int(max_batch), threads=int(threads),
-        )  # fmt: skip
+        single = {
+            "prefix_cache_size": prefix_cache_size, "compile_fast": compile_fast, "compile_slow": compile_slow,
+            "attention": attention, "batch_decode": batch_decode, "max_batch": int(max_batch), "threads": int(threads),
+        }  # fmt: skip
+        if random_spec is not None:
+            engine_obj = S2ProEngine(*_random_dual_ar(*random_spec, device, torch_dtype), **single)
+        else:
+            engine_obj = S2ProEngine.load(checkpoint, device=device, dtype=torch_dtype, **single)
     try:
-        codec_model = load_codec(codec, codec_config, dtype=codec_dtype, device=device)
+        if str(codec).startswith("random:"):
+            from agent_runtime.tts.s2pro.bench_synth import codec_config as random_codec_config
+            from agent_runtime.tts.s2pro.codec_bench import random_decode_codec
+            from agent_runtime.tts.s2pro.codec_loader import parse_dtype
+
+            spec = str(codec).removeprefix("random:")
+            if spec not in ("full", "mid") and not Path(spec).is_file():
+                raise ConfigError(f"s2pro: codec {codec!r}: random:full, random:mid or random:<codec-config.json>")
+            codec_model = random_decode_codec(random_codec_config(spec), device, parse_dtype(codec_dtype))
+        else:
+            codec_model = load_codec(codec, codec_config, dtype=codec_dtype, device=device)
         backend = LocalBackend(engine_obj, codec_model, reference, settings, voice_library)
     except BaseException:
         engine_obj.close()
@@ -225,3 +246,30 @@ def load_local(
         Path(checkpoint).name, device, dtype, Path(codec).name, voice or "(model's own)", time.perf_counter() - started,
     )  # fmt: skip
     return backend
+
+
+def _random_spec(checkpoint: str | Path) -> tuple[str, int] | None:
+    """("s2pro", seed) for `random:s2pro[:SEED]` (random weights of a `random_model.PRESETS` shape),
+    None for a checkpoint directory."""
+    text = str(checkpoint)
+    if not text.startswith("random:"):
+        return None
+    from agent_runtime.tts.s2pro.random_model import PRESETS
+
+    preset, _, seed = text.removeprefix("random:").partition(":")
+    if preset not in PRESETS or (seed and not seed.isdigit()):
+        raise ConfigError(f"s2pro: checkpoint {text!r}: random:<{'|'.join(PRESETS)}>[:SEED] or a checkpoint directory")
+    return preset, int(seed or 0)
+
+
+def _random_dual_ar(preset: str, seed: int, device: str, dtype: Any) -> tuple[Any, Any]:
+    """A random-weight Dual-AR of `preset`'s shapes and its stand-in tokenizer (benchmarks without
+    the real weights: the speech is noise, the cost per frame is the real model's)."""
+    from types import SimpleNamespace
+
+    from agent_runtime.tts.s2pro.random_model import PRESETS, SyntheticTokenizer, random_model
+
+    shapes = PRESETS[preset]
+    log.warning("s2pro: random weights of the %s shapes (checkpoint random:%s): the speech is noise", preset, preset)
+    model = random_model(SimpleNamespace(**shapes, seed=seed, device=device), dtype)
+    return model, SyntheticTokenizer(model.cfg.semantic_begin_id, shapes["codebook_size"])

@@ -40,10 +40,6 @@ import numpy as np
 from agent_runtime.errors import AgentRuntimeError
 
 FRAME_S = 2048 / 44_100  # one codec frame of S2-Pro audio (spec: 21.53 frames/s)
-TINY_SHAPES = {
-    "dim": 64, "heads": 4, "kv_heads": 2, "head_dim": 16, "intermediate": 128, "slow_layers": 2, "fast_layers": 2,
-    "vocab": 1024, "codebooks": 4, "codebook_size": 64, "max_seq_len": 4096,
-}  # fmt: skip
 SENTENCES = [
     "Sure,", "Well,", "Okay, let me see.", "We are open tomorrow from nine until six.",
     "Your order shipped this morning and should arrive on Thursday.",
@@ -164,13 +160,14 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         import torch
 
-        from agent_runtime.tts.s2pro.cli_generate import (
-            S2PRO_SHAPES,
-            _random_model,
-            _SyntheticTokenizer,
-            _torch_dtype,
-        )
+        from agent_runtime.tts.s2pro.cli_generate import _torch_dtype
         from agent_runtime.tts.s2pro.prompt import VoiceReference
+        from agent_runtime.tts.s2pro.random_model import (
+            S2PRO_SHAPES,
+            TINY_SHAPES,
+            SyntheticTokenizer,
+            random_model,
+        )
         from agent_runtime.tts.s2pro.sampling import SamplingParams
         from agent_runtime.tts.s2pro.serving.contract import PoolConfig
         from agent_runtime.tts.s2pro.serving.engine import PooledEngine
@@ -184,11 +181,11 @@ class Bench:
         ns = SimpleNamespace(**shapes, seed=args.seed, device=args.device)
         self.dtype = _torch_dtype(args.dtype)
         started = time.perf_counter()
-        self.model = _random_model(ns, self.dtype)
+        self.model = random_model(ns, self.dtype)
         self.shapes = shapes
         self.cuda = self.model.device.type == "cuda"
         self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
-        tok = _SyntheticTokenizer(self.model.cfg.semantic_begin_id, shapes["codebook_size"])
+        tok = SyntheticTokenizer(self.model.cfg.semantic_begin_id, shapes["codebook_size"])
         ladder = [c for c in args.concurrency if c != "max"]
         try:
             numeric = [int(c) for c in ladder]
