@@ -133,7 +133,7 @@ def level_table(levels: list[dict[str, Any]]) -> str:
         rows.append(
             f"<tr><td>{lv['concurrency']}</td><td>{lv['calls']}</td><td>{lv['turns']}</td><td>{_f(v['p50'])}</td>"
             f"<td>{_f(v['p95'])}</td><td>{_f(v['p99'])}</td><td>{_f(lv['barge_in_ms']['p95'])}</td>"
-            f"<td>{lv['failed_calls']}</td><td>{lv['dropped_calls']}</td><td>{lv['underrun_rate']:.2%}</td>"
+            f"<td>{lv['failed_calls']}</td><td>{lv['dropped_calls']}</td><td>{lv['underrun_rate']:.2%}{_starved(lv)}</td>"
             f"<td class='small'>{html.escape(stages)}</td><td>{_f(lv['server_cpu_pct']['p50'])}</td>"
             f"<td>{_f(lv['server_rss_mb']['max'])}</td><td class='{'ok' if lv['slo_ok'] else 'bad'}'>{html.escape(slo)}</td></tr>"
         )
@@ -181,3 +181,9 @@ def write_html(doc: dict[str, Any], out: Path) -> Path:
     path = out / "report.html"
     path.write_text(render(doc))
     return path
+
+
+def _starved(level: dict) -> str:
+    """The server's own starvation share next to the client's underrun rate, where it is exported."""
+    rate = level.get("server_starved_rate")
+    return "" if rate is None else f" (server {rate:.2%})"

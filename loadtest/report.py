@@ -47,6 +47,7 @@ def summarize_level(k: int, lv: dict[str, Any], res: RunResult) -> dict[str, Any
         "unanswered_rate": round(sum(s["voice_to_voice_ms"] is None for s in samples) / max(len(samples), 1), 4),
         "gaps": sum(s["gaps"] for s in replies),
         "underrun_rate": round(gap_ms / reply_ms, 5) if reply_ms else 0.0,
+        "server_starved_rate": _starved_rate(before, after),
         "server_stage_ms": stages,
         "server_voice_to_voice_ms": server_v2v,
         "server_barge_ins": int(counter(after, "agent_barge_ins_total") - counter(before, "agent_barge_ins_total")),
@@ -92,11 +93,27 @@ def text_summary(doc: dict[str, Any]) -> str:
         )
     lines.append("v2v = at the caller: its last audible sound -> the first audible agent audio it received; "
                  "server = the server's own p50 (its end of speech -> first audio sent)")
+    starved = [lv.get("server_starved_rate") for lv in doc["levels"]]
+    if any(r is not None for r in starved):
+        lines.append("underrun = silences > underrun_min_ms inside replies at the caller (pauses in the audio "
+                     "included); the server's own starvation (TTS behind playout) per level: "
+                     + ", ".join("-" if r is None else f"{r:.2%}" for r in starved))
     if doc.get("rss_growth_mb") is not None:
         lines.append(f"server RSS growth over the run (after warm-up): {doc['rss_growth_mb']:+.1f} MB")
     if doc["stopped_early"]:
         lines.append(f"stopped early: {doc['stopped_early']}")
     return "\n".join(lines)
+
+
+def _starved_rate(before: dict | None, after: dict | None) -> float | None:
+    """The server's own share of reply time the caller heard as starvation (TTS behind playout), from
+    its /metrics counters; None where the server does not export them (e.g. Pipecat). The client's
+    `underrun_rate` also counts silences inside the audio itself (pauses between sentences)."""
+    if not after or ("agent_playout_seconds_total", ()) not in after:
+        return None
+    played = counter(after, "agent_playout_seconds_total") - counter(before, "agent_playout_seconds_total")
+    starved = counter(after, "agent_playout_starved_seconds_total") - counter(before, "agent_playout_starved_seconds_total")
+    return round(starved / played, 5) if played > 0 else 0.0
 
 
 def _server_p50_ms(level: dict[str, Any]) -> float | None:

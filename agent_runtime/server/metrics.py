@@ -129,6 +129,11 @@ class ServerMetrics:
             "agent_asr_wait_seconds", "time each transcription queued for a free ASR worker (asr.workers), all calls",
             buckets=ASR_WAIT_BUCKETS,
         )
+        self.playout = Counter("agent_playout_seconds_total", "agent audio sent to callers in replies")
+        self.playout_starved = Counter(
+            "agent_playout_starved_seconds_total",
+            "silence callers heard inside replies because the next audio was not ready (TTS behind playout)",
+        )
         self.asr_queued = Gauge("agent_asr_queued", "transcriptions waiting for a free ASR worker now")
         self.asr_busy = Gauge("agent_asr_busy_workers", "ASR workers transcribing now")
         for t in ("webrtc", "twilio"):
@@ -149,6 +154,8 @@ class ServerMetrics:
         for stage, ms in turn.relative_ms().items():
             if stage != "user_speech_end" and ms is not None and ms >= 0:
                 self.stage_latency.observe(ms / 1000, stage)
+        self.playout.inc(by=turn.extra.get("playout_ms", 0.0) / 1000)
+        self.playout_starved.inc(by=turn.extra.get("playout_starved_ms", 0.0) / 1000)
         if turn.llm_error:
             self.errors.inc("llm")
         if turn.tts_error:
@@ -165,6 +172,7 @@ class ServerMetrics:
             self.active_sessions, self.pending, self.sessions, self.rejected, self.reclaimed, self.turns, self.barge_ins, self.errors,
             self.metrics_violations,
             self.stage_latency, self.voice_to_voice, self.asr_wait, self.asr_queued, self.asr_busy,
+            self.playout, self.playout_starved,
         ]
         return "\n".join(line for m in metrics for line in m.render()) + "\n"
 

@@ -33,6 +33,7 @@ from agent_runtime.turn.reply_text import LLMOutcome, ReplyText
 log = logging.getLogger("agent_runtime.turn")
 
 OUTPUT_FRAME_MS = 20
+STARVED_TOLERANCE_S = 0.02  # event-loop jitter up to a frame is not starvation
 
 
 @dataclass
@@ -126,6 +127,7 @@ class Reply:
         self.llm_text = ""  # the reply's text as spoken (with the fallback or stall line)
         self.llm_outcome: LLMOutcome | None = None
         self.audible = False  # a frame has been handed to the transport
+        self._play_until: float | None = None  # when the audio sent so far ends playing (runtime clock)
         self.finished = asyncio.Event()
         self._interrupted = False
         self._dropped = False
@@ -361,11 +363,25 @@ class Reply:
     async def _send(self, frame: AudioFrame, seg: _Segment) -> None:
         transport = self.session.transport
         await transport.wait_writable()  # pace first, so a pause decided meanwhile holds this frame
-        await self._playing.wait()
+        if not self._playing.is_set():
+            await self._playing.wait()
+            self._play_until = None  # a barge-in pause: that silence was meant
         now = time.monotonic()
         if not self.audible:
             self.audible = True
             self.metrics.first_audio_out = now
             self.session.on_first_audio(self)
+        self._account_playout(now, frame.num_samples / frame.sample_rate)
         await transport.send(AudioFrame(frame.pcm, frame.sample_rate, now))
         seg.played = min(seg.produced, seg.played + frame.num_samples)
+
+    def _account_playout(self, now: float, seconds: float) -> None:
+        """Audio sent, and starvation: a frame sent after the audio before it has finished playing
+        (by more than `STARVED_TOLERANCE_S`) means the caller heard silence the reply did not contain,
+        because TTS fell behind playout (`extra.playout_starved_ms`; the load harness's client-side
+        gaps also count pauses inside the audio itself)."""
+        extra = self.metrics.extra
+        if self._play_until is not None and now - self._play_until > STARVED_TOLERANCE_S:
+            extra["playout_starved_ms"] = round(extra.get("playout_starved_ms", 0.0) + (now - self._play_until) * 1000, 1)
+        extra["playout_ms"] = round(extra.get("playout_ms", 0.0) + seconds * 1000, 1)
+        self._play_until = max(self._play_until or now, now) + seconds
