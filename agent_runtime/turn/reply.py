@@ -145,6 +145,7 @@ class Reply:
 
     def pause(self) -> None:
         self._playing.clear()
+        self._play_until = None  # the silence of a barge-in pause is meant, not starvation
 
     def resume(self) -> None:
         self._playing.set()
@@ -363,9 +364,7 @@ class Reply:
     async def _send(self, frame: AudioFrame, seg: _Segment) -> None:
         transport = self.session.transport
         await transport.wait_writable()  # pace first, so a pause decided meanwhile holds this frame
-        if not self._playing.is_set():
-            await self._playing.wait()
-            self._play_until = None  # a barge-in pause: that silence was meant
+        await self._playing.wait()
         now = time.monotonic()
         if not self.audible:
             self.audible = True
