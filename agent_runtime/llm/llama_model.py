@@ -70,16 +70,14 @@ class Linear(nn.Linear):
         inputs take the decode copies."""
         if prefill:
             if self.prefill_weight is not None:
-                return _blocked_linear(x, self.prefill_weight)
+                return blocked_linear(x, self.prefill_weight)
             return F.linear(x, self.weight)
         if x.dim() == 1 or x.shape[0] == 1:
             if self.decode_int4 is not None:
                 return self.decode_int4.matvec(x)
             if self.decode_packed is not None:
                 row = x.reshape(1, -1).float()
-                return torch.ops.quantized.linear_dynamic(row, self.decode_packed, True).reshape(
-                    *x.shape[:-1], -1
-                )
+                return torch.ops.quantized.linear_dynamic(row, self.decode_packed, True).reshape(*x.shape[:-1], -1)
             dw = self.decode_weight
             if dw is not None:
                 return F.linear(x.to(dw.dtype), dw).to(x.dtype)
@@ -89,7 +87,7 @@ class Linear(nn.Linear):
 PREFILL_BLOCK = 32
 
 
-def _blocked_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def blocked_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x (T, in) @ weight.T in calls of exactly `PREFILL_BLOCK` rows (the last padded with zeros), in
     weight's dtype, returned in x's. oneDNN's bf16 GEMM picks its kernel by the row count, and a row's
     result differs between kernels; with one row count every row comes out the same wherever it sits."""
@@ -104,9 +102,7 @@ def pack_int8(weight: torch.Tensor) -> Any:
     w = weight.detach().float()
     scales = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
     zeros = torch.zeros(w.shape[0], dtype=torch.long)
-    with (
-        warnings.catch_warnings()
-    ):  # quantized tensors are deprecated in torch; fbgemm's kernel is what we use
+    with warnings.catch_warnings():  # quantized tensors are deprecated in torch; fbgemm's kernel is what we use
         warnings.simplefilter("ignore")
         q = torch.quantize_per_channel(w, scales, zeros, 0, torch.qint8)
         return torch.ops.quantized.linear_prepack(q, None)
@@ -271,9 +267,7 @@ class Llama(nn.Module):
         self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.output = Linear(cfg.dim, cfg.vocab_size)
         shape = (cfg.n_layers, cfg.n_kv_heads, self.max_context, cfg.head_dim)
-        self.register_buffer(
-            "rot", torch.empty(self.max_context, cfg.head_dim // 2, dtype=torch.complex64), persistent=False
-        )
+        self.register_buffer("rot", torch.empty(self.max_context, cfg.head_dim // 2, dtype=torch.complex64), persistent=False)
         self.register_buffer("k_cache", torch.empty(shape), persistent=False)
         self.register_buffer("v_cache", torch.empty(shape), persistent=False)
         if self.rot.device.type != "meta":
@@ -298,9 +292,7 @@ class Llama(nn.Module):
                 module.decode_int4 = None
                 same = dtype is None or dtype == module.weight.dtype
                 module.decode_packed = pack_int8(module.weight) if dtype == torch.qint8 else None
-                module.decode_weight = (
-                    None if same or dtype == torch.qint8 else module.weight.detach().to(dtype)
-                )
+                module.decode_weight = None if same or dtype == torch.qint8 else module.weight.detach().to(dtype)
 
     @property
     def prefill_dtype(self) -> torch.dtype:

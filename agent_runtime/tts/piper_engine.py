@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from agent_runtime.cores import usable_cores
+from agent_runtime.cores import half_the_cores
 from agent_runtime.errors import ConfigError, ModelLoadError
 from agent_runtime.tts.base import SpeechOptions, UnsupportedSpeechOption, UtteranceSynth
 from agent_runtime.tts.chunker import ChunkerConfig, split_text
@@ -114,7 +114,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         self.model_path, self.config_path = resolve_piper_voice(voice, config_path)
         started = time.perf_counter()
         if threads is None:
-            threads = max(1, min(4, usable_cores() // 2))
+            threads = half_the_cores()
         self.voice = _load_voice(self.model_path, self.config_path, threads=threads, use_cuda=use_cuda)
         self.load_seconds = time.perf_counter() - started
         self.sample_rate = int(self.voice.config.sample_rate)

@@ -235,14 +235,14 @@ def test_a_cached_prompt_re_fed_gives_the_same_logits(local_lm: LocalLM, on_work
 
 
 def test_blocked_prefill_rows_do_not_depend_on_the_chunk() -> None:
-    from agent_runtime.llm.llama_model import _blocked_linear
+    from agent_runtime.llm.llama_model import blocked_linear
 
     torch.manual_seed(0)
     w = torch.randn(960, 576).bfloat16()
     x = torch.randn(27, 576)
-    whole = _blocked_linear(x, w)
-    assert torch.equal(torch.cat([_blocked_linear(x[:7], w), _blocked_linear(x[7:], w)]), whole)
-    assert torch.equal(_blocked_linear(x[26:], w), whole[26:])
+    whole = blocked_linear(x, w)
+    assert torch.equal(torch.cat([blocked_linear(x[:7], w), blocked_linear(x[7:], w)]), whole)
+    assert torch.equal(blocked_linear(x[26:], w), whole[26:])
 
 
 def test_auto_prefill_dtype_times_bf16_against_fp32(local_lm: LocalLM, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -23,9 +23,9 @@ from torch import Tensor
 from agent_runtime.errors import ConfigError
 from agent_runtime.tts.s2pro import engine as engine_module
 from agent_runtime.tts.s2pro.batched import BatchedFastAR, decode_slow_batch
-from agent_runtime.tts.s2pro.cli_generate import _SyntheticTokenizer
 from agent_runtime.tts.s2pro.engine import S2ProEngine, S2ProStream
 from agent_runtime.tts.s2pro.model import DualARTransformer
+from agent_runtime.tts.s2pro.random_model import SyntheticTokenizer
 from agent_runtime.tts.s2pro.synthesizer import S2ProSynthesizer, load_local
 from tests.s2pro.synth_support import audio_of, speak
 
@@ -35,7 +35,7 @@ from .test_flash_decode import CPU_KERNEL, random_frames
 
 def new_engine(model: DualARTransformer, **kwargs) -> S2ProEngine:
     cfg = model.cfg
-    return S2ProEngine(model, _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size), **kwargs)
+    return S2ProEngine(model, SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size), **kwargs)
 
 
 def require_row_invariant_gemms(model: DualARTransformer, rows: int = 4) -> None:
@@ -199,7 +199,7 @@ async def test_batched_streams_stop_on_im_end_like_alone() -> None:
     cfg = make_config()
     model = make_model(cfg, torch.bfloat16, seed=4)
     with torch.no_grad():
-        model.embeddings.weight[_SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size).im_end_id] *= 6
+        model.embeddings.weight[SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size).im_end_id] *= 6
     require_row_invariant_gemms(model)
     engine = new_engine(model, batch_decode="on")
     seeds = range(4)

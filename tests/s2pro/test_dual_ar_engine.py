@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from agent_runtime.tts.s2pro.cli_generate import _SyntheticTokenizer
 from agent_runtime.tts.s2pro.engine import S2ProEngine, naive_generate
 from agent_runtime.tts.s2pro.kv_cache import decode_kv_len, prefill_kv_len
 from agent_runtime.tts.s2pro.model import DualARConfig, DualARTransformer, FastARStepper, TransformerConfig
 from agent_runtime.tts.s2pro.prompt import PromptError, S2ProTokenizer, VoiceReference
+from agent_runtime.tts.s2pro.random_model import SyntheticTokenizer
 from agent_runtime.tts.s2pro.sampling import SamplingParams, aligned_window
 
 
@@ -65,7 +65,7 @@ def make_model(cfg: DualARConfig, dtype: torch.dtype, seed: int = 0, std: float 
 
 
 def make_engine(cfg: DualARConfig, dtype: torch.dtype, tokenizer=None, seed: int = 0) -> S2ProEngine:
-    tok = tokenizer or _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
+    tok = tokenizer or SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
     return S2ProEngine(make_model(cfg, dtype, seed), tok)
 
 
@@ -356,7 +356,7 @@ def test_compile_refused_on_cpu() -> None:
     from agent_runtime.errors import ConfigError
 
     cfg = make_config()
-    model, tok = make_model(cfg, torch.float32), _SyntheticTokenizer(cfg.semantic_begin_id, 32)
+    model, tok = make_model(cfg, torch.float32), SyntheticTokenizer(cfg.semantic_begin_id, 32)
     with pytest.raises(ConfigError, match="CUDA"):
         S2ProEngine(model, tok, compile_fast=True)
     with pytest.raises(ConfigError, match="CUDA"):

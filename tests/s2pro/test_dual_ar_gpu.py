@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from agent_runtime.tts.s2pro.cli_generate import _SyntheticTokenizer
 from agent_runtime.tts.s2pro.engine import S2ProEngine
+from agent_runtime.tts.s2pro.random_model import SyntheticTokenizer
 
 from .test_dual_ar_engine import PARAMS, TEXT, make_config, make_model, random_voice
 from .test_flash_decode import random_frames, teacher_forced_states
@@ -24,7 +24,7 @@ pytestmark = [
 def test_cuda_engine_prefix_cache_and_continuation(dtype: torch.dtype) -> None:
     cfg = make_config()
     model = make_model(cfg, dtype).to("cuda")
-    engine = S2ProEngine(model, _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size))
+    engine = S2ProEngine(model, SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size))
     voice = random_voice(cfg)
     a = engine.open_stream(voice=voice, params=PARAMS, seed=1, max_frames=12, use_prefix_cache=False)
     b = engine.open_stream(voice=voice, params=PARAMS, seed=1, max_frames=12)
@@ -40,7 +40,7 @@ def test_cuda_engine_prefix_cache_and_continuation(dtype: torch.dtype) -> None:
 def test_cuda_compiled_fast_step_runs() -> None:
     cfg = make_config()
     model = make_model(cfg, torch.bfloat16).to("cuda")
-    tok = _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
+    tok = SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
     engine = S2ProEngine(model, tok, compile_fast=True, compile_slow=True, attention="sdpa")
     stream = engine.open_stream(params=PARAMS, seed=0, max_frames=6)
     codes = stream.generate(TEXT)
@@ -56,7 +56,7 @@ def test_cuda_flash_attention_matches_sdpa() -> None:
         pytest.skip("flash-attn needs an Ampere (sm80) or newer GPU")
     cfg = make_config()
     model = make_model(cfg, torch.bfloat16).to("cuda")
-    tok = _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
+    tok = SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
     sdpa = S2ProEngine(model, tok, attention="sdpa")
     flash = S2ProEngine(model, tok, attention="flash")
     assert flash.attention == "flash" and S2ProEngine(model, tok).attention == "flash"
@@ -91,7 +91,7 @@ def test_cuda_batched_decode_matches_unbatched() -> None:
 
     cfg = make_config()
     model = make_model(cfg, torch.bfloat16).to("cuda")
-    engine = S2ProEngine(model, _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size))
+    engine = S2ProEngine(model, SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size))
     assert engine.batch_decode and engine.scheduler.max_batch == 16
     prompts = [engine.builder.build(TEXT, random_voice(cfg, frames=f, seed=f)) for f in (20, 70, 310)]
     caches = [engine._new_cache(p.shape[1]) for p in prompts]

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from agent_runtime.errors import ConfigError
-from agent_runtime.tts.s2pro.cli_generate import _SyntheticTokenizer
 from agent_runtime.tts.s2pro.engine import S2ProEngine
+from agent_runtime.tts.s2pro.random_model import SyntheticTokenizer
 from agent_runtime.tts.s2pro.synthesizer import load_local
 
 from .test_dual_ar_engine import make_config, make_model
@@ -21,7 +21,7 @@ from .test_dual_ar_engine import make_config, make_model
 
 def new_engine(**kwargs) -> S2ProEngine:
     model = make_model(make_config(), torch.float32)
-    return S2ProEngine(model, _SyntheticTokenizer(model.cfg.semantic_begin_id, model.cfg.codebook_size), **kwargs)
+    return S2ProEngine(model, SyntheticTokenizer(model.cfg.semantic_begin_id, model.cfg.codebook_size), **kwargs)
 
 
 def worker_threads(engine: S2ProEngine) -> int:

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agent_runtime.errors import ConfigError
-from agent_runtime.tts.s2pro.cli_generate import _SyntheticTokenizer
 from agent_runtime.tts.s2pro.engine import S2ProEngine
 from agent_runtime.tts.s2pro.flash_decode import FlashKernel, FlashLayerKV
 from agent_runtime.tts.s2pro.kv_cache import SlowKVCache
 from agent_runtime.tts.s2pro.model import LayerKV
+from agent_runtime.tts.s2pro.random_model import SyntheticTokenizer
 
 from .test_dual_ar_engine import PARAMS, TEXT, make_config, make_model, random_voice
 
@@ -73,7 +73,7 @@ def engine_pair(dtype: torch.dtype, seed: int = 0) -> tuple[S2ProEngine, S2ProEn
     """An SDPA engine and a flash-layout engine (contract kernel) on one random model."""
     cfg = make_config()
     model = make_model(cfg, dtype, seed)
-    tok = _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
+    tok = SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
     flash = S2ProEngine(model, tok, attention="flash", flash_kernel=CPU_KERNEL)
     return S2ProEngine(model, tok, attention="sdpa"), flash
 
@@ -166,7 +166,7 @@ def test_flash_cache_layout_grows_snapshots_and_restores() -> None:
 
 def test_flash_refused_on_cpu_with_the_reason() -> None:
     cfg = make_config()
-    tok = _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
+    tok = SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
     with pytest.raises(ConfigError, match=r"attention: flash is unavailable: it needs a cuda device, the model is on cpu"):
         S2ProEngine(make_model(cfg, torch.bfloat16), tok, attention="flash")
     with pytest.raises(ConfigError, match="attention must be one of auto, sdpa, flash"):
@@ -175,7 +175,7 @@ def test_flash_refused_on_cpu_with_the_reason() -> None:
 
 def test_auto_on_cpu_uses_sdpa_and_logs_why(caplog: pytest.LogCaptureFixture) -> None:
     cfg = make_config()
-    tok = _SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
+    tok = SyntheticTokenizer(cfg.semantic_begin_id, cfg.codebook_size)
     with caplog.at_level(logging.INFO, logger="agent_runtime.tts.s2pro.flash_decode"):
         engine = S2ProEngine(make_model(cfg, torch.float32), tok)
     assert engine.attention == "sdpa"

@@ -95,8 +95,8 @@ class Bench:
     """Random engine + codec + synthesizer; `run()` returns the measurements, `report()` formats them."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from agent_runtime.tts.s2pro.cli_generate import _random_model, _SyntheticTokenizer
         from agent_runtime.tts.s2pro.codec_bench import random_decode_codec
+        from agent_runtime.tts.s2pro.random_model import SyntheticTokenizer, random_model
 
         self.args = args
         names = [n.strip() for n in args.replies.split(",") if n.strip()]
@@ -109,8 +109,8 @@ class Bench:
         from agent_runtime.tts.s2pro.cli_generate import _torch_dtype
 
         self.dtype = _torch_dtype(args.dtype)
-        model = _random_model(ns, self.dtype)
-        tokenizer = _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)
+        model = random_model(ns, self.dtype)
+        tokenizer = SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)
         self.engine = S2ProEngine(model, tokenizer, compile_fast=args.compile, compile_slow=args.compile_slow)
         self.codec_cfg = codec_config(args.codec)
         self.codec = random_decode_codec(self.codec_cfg, args.device, torch.float32, seed=args.seed)

@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent_runtime.errors import AgentRuntimeError, ConfigError
-from agent_runtime.tts.s2pro.random_model import S2PRO_SHAPES
-from agent_runtime.tts.s2pro.random_model import SyntheticTokenizer as _SyntheticTokenizer  # older name
-from agent_runtime.tts.s2pro.random_model import random_model as _random_model  # older name
+from agent_runtime.tts.s2pro.random_model import S2PRO_SHAPES, SyntheticTokenizer, random_model
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -202,9 +200,9 @@ def _run_benchmark(args: argparse.Namespace, dtype: Any) -> None:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise AgentRuntimeError(f"--device {args.device}: CUDA is not available")
-    model = _random_model(args, dtype)
+    model = random_model(args, dtype)
     n_params = sum(p.numel() for p in model.parameters())
-    tok = _SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)
+    tok = SyntheticTokenizer(model.cfg.semantic_begin_id, args.codebook_size)
     engine = S2ProEngine(
         model, tok, attention=args.attention, compile_fast=args.compile, compile_slow=args.compile_slow
     )
