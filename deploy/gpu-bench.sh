@@ -12,17 +12,24 @@
 #              tts-wire (issue 12: S2-Pro shapes, random weights, in process vs behind tts-serve)
 #       SERVE_DURATION (default 10): seconds of call arrivals per concurrency level of bench-serve
 #
-# PYTHON (default python3) must have a CUDA build of torch and this package importable
-# (`pip install -e .` in that environment, or PYTHONPATH=.).
+# PYTHON (default python3) must have a CUDA build of torch. The script runs from the checkout (this
+# package is imported from it) and first checks that PYTHON can import what the steps need; where
+# the machine's image lacks some of it and has no network (the lent GPU machines: no pydantic, soxr,
+# soundfile, pytest-asyncio), run deploy/gpu-wheels.sh where PyPI is reachable and carry its .whl/
+# folder with the checkout: the wheels found in GPU_WHEELS (default .whl) are installed into a
+# temporary folder put on PYTHONPATH. A failed check stops the script before any GPU work.
 set -uo pipefail
 OUT=${1:-out/gpu}
 shift || true
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.." || exit 2
 STEPS=${*:-serve-tests bench-serve tests}
 ALL_STEPS="serve-tests bench-serve tests bench-serve-profile dual-ar dual-ar-compiled batched synth synth-compiled tts-wire"
 SERVE_DURATION=${SERVE_DURATION:-10}
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
-mkdir -p "$OUT"
+WHEELS=${GPU_WHEELS:-.whl}
+NEEDED=numpy,yaml,pydantic,soxr,soundfile,aiohttp,tokenizers,safetensors,pytest,pytest_asyncio
 S2PRO_SHAPES=(--dim 2560 --heads 32 --kv-heads 8 --head-dim 128 --intermediate 9728 --slow-layers 36 --fast-layers 4)
 
 # step NAME LIMIT_S CMD...: run CMD (killed after LIMIT_S seconds), output to OUT/NAME.txt
@@ -34,6 +41,20 @@ step() {
     timeout --kill-after=10 "$limit" "$@" 2>&1 | tee "$OUT/$name.txt"
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s" | tee -a "$OUT/$name.txt"
 }
+
+if ! "$PY" -c "import $NEEDED" 2>/dev/null && compgen -G "$WHEELS/*.whl" >/dev/null; then
+    site=${TMPDIR:-/tmp}/agent-runtime-gpu-site
+    echo "== installing the $(ls "$WHEELS"/*.whl | wc -l) wheels of $WHEELS into $site (PYTHONPATH)"
+    "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps --no-compile --no-cache-dir \
+        --upgrade --target "$site" "$WHEELS"/*.whl
+    export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$PY" -c "import $NEEDED; import agent_runtime.cli"; then
+    echo "gpu-bench: $PY cannot import what the steps need (above). Without network there, run" \
+        "deploy/gpu-wheels.sh where PyPI is reachable and carry its .whl/ with the checkout" \
+        "(GPU_WHEELS names another folder)." >&2
+    exit 2
+fi
 
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || nvidia-smi -L

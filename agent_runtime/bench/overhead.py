@@ -9,8 +9,6 @@ event loop under load.
 from __future__ import annotations
 
 import asyncio
-import os
-import platform
 import time
 
 import numpy as np
@@ -20,18 +18,6 @@ from agent_runtime.config import CallerTurn, load_config
 from agent_runtime.demo.run import CallerLine, run_call
 from agent_runtime.metrics.turns import percentiles
 from agent_runtime.turn.session import Engines
-
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        if names:
-            cpu = names[0]
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()}"
 
 
 async def _one_level(sessions: int, turns: int, speech: np.ndarray) -> dict[str, dict[str, float]]:

@@ -101,7 +101,7 @@ def _voice(args: argparse.Namespace) -> int:
 
 
 async def _voice_main(args: argparse.Namespace) -> int:
-    from agent_runtime.bench.overhead import machine_description
+    from agent_runtime.bench.machine import machine_description
     from agent_runtime.config import CallerTurn
     from agent_runtime.demo.run import prepare_caller, run_call
     from agent_runtime.engines import build_engines, warm_up
@@ -154,7 +154,8 @@ def _overhead(args: argparse.Namespace) -> int:
 
 
 async def _overhead_main(args: argparse.Namespace) -> int:
-    from agent_runtime.bench.overhead import machine_description, run_overhead
+    from agent_runtime.bench.machine import machine_description
+    from agent_runtime.bench.overhead import run_overhead
     from agent_runtime.demo.run import synthesize_text
     from agent_runtime.tts.registry import create_synthesizer
 
@@ -210,7 +211,7 @@ async def _asr_pool_main(args: argparse.Namespace) -> int:
 
 def _report(out: dict, format_table: Callable[[dict, str], str], json_out: Path | None) -> int:
     """Print a bench's table (with the machine it ran on) and write its figures to `json_out`."""
-    from agent_runtime.bench.overhead import machine_description
+    from agent_runtime.bench.machine import machine_description
 
     machine = machine_description()
     out["machine"] = machine

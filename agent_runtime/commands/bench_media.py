@@ -55,7 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from agent_runtime.bench.overhead import machine_description
+    from agent_runtime.bench.machine import machine_description
     from agent_runtime.server.media_bench import compare, voice_calls
 
     if not getattr(args, "verbose", False):
@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def voice_table(voice: dict, calls: int, instant: bool) -> str:
     """The voice-to-voice figures as a text table (client vs server p50 per question kind)."""
-    from agent_runtime.bench.overhead import machine_description
+    from agent_runtime.bench.machine import machine_description
 
     engines = "instant stand-in engines" if instant else "the configured engines"
     lines = [
