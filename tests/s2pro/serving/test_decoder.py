@@ -17,6 +17,8 @@ from agent_runtime.errors import ConfigError
 from agent_runtime.tts.s2pro.engine import MIN_PREFILL_ROWS, S2ProEngine
 from agent_runtime.tts.s2pro.prompt import VoiceReference
 from agent_runtime.tts.s2pro.sampling import SamplingParams
+from agent_runtime.tts.s2pro.serving import decoder as decoder_module
+from agent_runtime.tts.s2pro.serving.attention import FlexDecodeAttention, MaskedDecodeAttention
 from agent_runtime.tts.s2pro.serving.contract import PoolConfig, PoolFull, SlotPhase, SlotSampling
 from agent_runtime.tts.s2pro.serving.decoder import PooledDecoder
 from agent_runtime.tts.s2pro.serving.graphs import bucket_for
@@ -234,16 +236,18 @@ def test_counter_noise_independent_of_other_slots(engine: S2ProEngine) -> None:
     assert not torch.equal(together[0][:, 1:], together[2][:, 1:])  # other seeds, other codes
 
 
+def _counter_jobs(engine: S2ProEngine) -> list[Job]:
+    jobs = [Job(voice_of(engine, 20, 4), 31, P1, [(TEXT, 8, 0)]), Job(None, 32, P2, [(TEXT2, 8, 0)], join_at=2)]
+    for job in jobs:
+        job.expected = [Segment(engine.builder.build(job.segments[0][0], job.voice), 0, 8, 0)]
+    return jobs
+
+
 def test_flex_attention_equals_masked(engine: S2ProEngine) -> None:
     """FlexAttention with a length block mask gives the simple masked attention's results."""
     results = []
     for attention in ("masked", "flex"):
-        jobs = [
-            Job(voice_of(engine, 20, 4), 31, P1, [(TEXT, 8, 0)]),
-            Job(None, 32, P2, [(TEXT2, 8, 0)], join_at=2),
-        ]
-        for job in jobs:
-            job.expected = [Segment(engine.builder.build(job.segments[0][0], job.voice), 0, 8, 0)]
+        jobs = _counter_jobs(engine)
         cfg = PoolConfig(max_streams=2, max_len=512, graphs=False, noise="counter")
         decoder = PooledDecoder(engine.model, cfg, im_end_id=engine.im_end_id, attention=attention)
         run_pooled(decoder, engine, jobs)
@@ -254,6 +258,41 @@ def test_flex_attention_equals_masked(engine: S2ProEngine) -> None:
         )
         for f, m in zip(flex.got[0].logits, masked.got[0].logits, strict=True):
             torch.testing.assert_close(f, m, rtol=TOL, atol=TOL)
+
+
+def test_auto_attention_falls_back_to_masked_when_flex_fails(
+    engine: S2ProEngine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With attention "auto" a flex failure (e.g. its compile on CUDA) warns once and the step runs
+    on masked attention with the same frames; an explicit "flex" raises it."""
+    cfg = PoolConfig(max_streams=2, max_len=512, graphs=False, noise="counter")
+    reference = _counter_jobs(engine)
+    run_pooled(PooledDecoder(engine.model, cfg, im_end_id=engine.im_end_id, attention="masked"), engine, reference)
+
+    calls = []
+
+    def broken(self: FlexDecodeAttention, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        calls.append(q.shape[0])
+        raise RuntimeError("flex attention: no kernel for this device\n(details)")
+
+    monkeypatch.setattr(decoder_module, "flex_by_default", lambda device: True)
+    monkeypatch.setattr(FlexDecodeAttention, "__call__", broken)
+    decoder = PooledDecoder(engine.model, cfg, im_end_id=engine.im_end_id, attention="auto")
+    assert isinstance(decoder.attention, FlexDecodeAttention)
+    jobs = _counter_jobs(engine)
+    with caplog.at_level("WARNING"):
+        run_pooled(decoder, engine, jobs)
+    assert len(calls) == 1 and isinstance(decoder.attention, MaskedDecodeAttention)
+    assert [r.message for r in caplog.records].count(
+        "s2pro pooled step: flex attention failed (RuntimeError: flex attention: no kernel for this device); "
+        "falling back to masked attention (reads each slot's whole capacity: slower, same results)"
+    ) == 1
+    for got, want in zip(jobs, reference, strict=True):
+        torch.testing.assert_close(torch.stack(got.got[0].frames), torch.stack(want.got[0].frames), rtol=0, atol=0)
+
+    explicit = PooledDecoder(engine.model, cfg, im_end_id=engine.im_end_id, attention="flex")
+    with pytest.raises(RuntimeError, match="no kernel"):
+        run_pooled(explicit, engine, _counter_jobs(engine))
 
 
 def test_pool_full_and_clean_reuse(engine: S2ProEngine) -> None:

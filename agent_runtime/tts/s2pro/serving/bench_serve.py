@@ -181,6 +181,8 @@ class Bench:
         ns = SimpleNamespace(**shapes, seed=args.seed, device=args.device)
         self.dtype = _torch_dtype(args.dtype)
         started = time.perf_counter()
+        print(f"[bench-serve] drawing random weights of the {args.preset} shapes on {args.device} ({args.dtype}) ...",
+              flush=True)  # fmt: skip
         self.model = random_model(ns, self.dtype)
         self.shapes = shapes
         self.cuda = self.model.device.type == "cuda"
@@ -208,6 +210,9 @@ class Bench:
         def factory(model: Any, cfg: Any, im_end: int) -> Any:
             return PooledDecoder(model, cfg, im_end_id=im_end, profile=profile)
 
+        graphs = "capturing its CUDA graphs" if self.cuda and not args.no_graphs else "no graphs"
+        print(f"[bench-serve] weights ready after {time.perf_counter() - started:.1f} s; pool of {max_streams} slots "
+              f"x {args.max_len} positions, {graphs} ...", flush=True)  # fmt: skip
         self.engine = PooledEngine(self.model, tok, pool, threads=args.threads, decoder_factory=factory)
         self.codec, self.codec_name, self.limits = self._codec(shapes["codebooks"])
         self.setup_s = time.perf_counter() - started

@@ -30,11 +30,13 @@ flips a draw (not seen in the tests).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -64,10 +66,18 @@ from agent_runtime.tts.s2pro.serving.graphs import StepGraphs, bucket_for
 from agent_runtime.tts.s2pro.serving.sampler import counter_noise, fold_seed, generator_noise, sample_rows
 
 ATTENTION_MODES = ("auto", "flex", "masked")
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
+
+
+def flex_by_default(device: torch.device) -> bool:
+    """Whether attention "auto" picks flex attention (compiled) on `device`: on CUDA."""
+    return device.type == "cuda"
 
 
 def resolve_noise(noise: str, device: torch.device) -> str:
@@ -145,7 +155,8 @@ class PooledDecoder:
     """The slot pool and its step (contract.PooledDecoderAPI). See the module docstring.
 
     `attention`: "masked" (gather + mask, the simple path), "flex" (FlexAttention with a block
-    mask from the lengths; compiled on CUDA) or "auto" (flex on CUDA, masked on CPU).
+    mask from the lengths; compiled on CUDA) or "auto" (flex on CUDA, masked on CPU; if flex fails
+    to compile or capture, masked with a warning, so a serving start or a benchmark never dies of it).
     `profile` (eager steps only; on CUDA with events): split `times` into attention, GEMMs (the
     rest of the slow and fast AR) and sampling; with CUDA graphs on it runs the steps eagerly.
     """
@@ -184,6 +195,7 @@ class PooledDecoder:
         with torch.inference_mode():
             self._allocate()
         self.attention = self._attention(attention)
+        self._may_fall_back = attention == "auto" and isinstance(self.attention, FlexDecodeAttention)
         self._phase = [SlotPhase.FREE] * config.max_streams
         self._length = [0] * config.max_streams  # host mirrors (exact without reading the device)
         self._index = [0] * config.max_streams
@@ -194,7 +206,9 @@ class PooledDecoder:
         self._graphs: StepGraphs | None = None
         if use_graphs:
             with torch.inference_mode():
-                self._graphs = StepGraphs(self._graph_step, config.step_buckets(), self.scratch, self.device)
+                self._graphs = self._with_fallback(
+                    lambda: StepGraphs(self._graph_step, config.step_buckets(), self.scratch, self.device)
+                )
         self.profile = profile
 
     # ---- construction ------------------------------------------------------------------------
@@ -230,13 +244,35 @@ class PooledDecoder:
             (self.config.max_streams, win_end - self.win_off), dtype=self.dtype, device=self.device
         )
 
+    def _with_fallback(self, run: Callable[[], T]) -> T:
+        """`run()`; with attention "auto", if flex attention fails in it (its compile on a torch or
+        device it does not support, say), once more on masked attention, with a warning. The retry is
+        safe: a step that failed in attention has written only the K/V it writes again."""
+        try:
+            return run()
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if not self._may_fall_back:
+                raise
+            self._may_fall_back = False
+            log.warning(
+                "s2pro pooled step: flex attention failed (%s: %s); falling back to masked attention "
+                "(reads each slot's whole capacity: slower, same results)",
+                type(exc).__name__,
+                str(exc).splitlines()[0] if str(exc) else "",
+            )
+            s = self.cfg.slow
+            self.attention = MaskedDecodeAttention(s.n_head, s.n_local_heads, s.head_dim, self.kv_capacity, self.device)
+            return run()
+
     def _attention(self, mode: str) -> MaskedDecodeAttention | FlexDecodeAttention:
         s = self.cfg.slow
-        cuda = self.device.type == "cuda"
-        if mode == "flex" or (mode == "auto" and cuda):
+        if mode == "flex" or (mode == "auto" and flex_by_default(self.device)):
             slots = self.config.max_streams
+            compiled = self.device.type == "cuda"
             return FlexDecodeAttention(
-                slots + 1, slots, s.n_head, s.n_local_heads, s.head_dim, self.kv_capacity, self.device, cuda
+                slots + 1, slots, s.n_head, s.n_local_heads, s.head_dim, self.kv_capacity, self.device, compiled
             )
         return MaskedDecodeAttention(s.n_head, s.n_local_heads, s.head_dim, self.kv_capacity, self.device)
 
@@ -450,7 +486,7 @@ class PooledDecoder:
         noise = None
         if self.noise == "generator":
             noise = [F.pad(t, (0, 0, 0, len(padded) - n), value=1.0) for t in self._generator_noise(slots)]
-        frames, ended = self._device_step(rows, noise)
+        frames, ended = self._with_fallback(lambda: self._device_step(rows, noise))
         return frames[:n], ended[:n]
 
     def _generator_noise(self, slots: list[int]) -> list[Tensor]:
