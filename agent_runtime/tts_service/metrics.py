@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent_runtime.server.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram
 
-ENDPOINTS = ("speech", "stream")
+ENDPOINTS = ("speech", "stream", "session")  # POST, our WebSocket, sglang-omni's WebSocket
 OUTCOMES = ("flushed", "cancelled", "error")
 REJECT_REASONS = (
     "busy", "unauthorized", "bad_request", "unsupported", "too_long", "timeout", "shutting_down", "connections",

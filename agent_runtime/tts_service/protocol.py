@@ -23,6 +23,11 @@ Two ways to speak, both on one server (`agent-runtime tts-serve`):
   tagged with its segment and the segment's text, so the caller's heard-text accounting works as
   with a local engine. After `done` or `error` the connection is ready for the next `start`.
 
+* `GET /v1/audio/speech/stream` (`SESSION_PATH`): sglang-omni's streaming speech WebSocket, so its
+  clients can use this server (`sglang_session.py`): `session.config` -> `session.configured`,
+  `input.text` deltas, `input.done`; per sentence `audio.start`, binary audio frames, `audio.done`;
+  then `session.done` and the server closes. No cancel message: a client barges in by closing.
+
 `GET /v1/info` (`INFO_PATH`) names the engine, its sample rate and the options it supports;
 `/healthz`, `/readyz` (with `streams` and `max_streams`, for load balancing) and `/metrics` as on
 the call server. Auth, when on, is `Authorization: Bearer <token>` on every route but the health ones.
@@ -31,6 +36,8 @@ the call server. Auth, when on, is `Authorization: Bearer <token>` on every rout
 from __future__ import annotations
 
 import base64
+import io
+import wave
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -38,6 +45,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 SPEECH_PATH = "/v1/audio/speech"
 STREAM_PATH = "/v1/audio/stream"
+SESSION_PATH = "/v1/audio/speech/stream"  # sglang-omni's streaming speech WebSocket (sglang_session.py)
 INFO_PATH = "/v1/info"
 SSE_CHUNK_OBJECT = "audio.speech.chunk"
 SSE_DONE = "[DONE]"
@@ -108,6 +116,29 @@ class SpeechRequest(VoiceFields):
     response_format: str = "wav"
     stream: bool = False
     stream_format: str | None = None
+    task_type: str | None = None
+    language: str | None = None
+    instructions: str | None = None
+    x_vector_only_mode: bool | None = None
+    token_count: int | None = None
+    duration_tokens: int | None = None
+    initial_codec_chunk_frames: int | None = None
+    stage_params: dict[str, dict[str, Any]] | None = None
+
+
+class SessionConfig(VoiceFields):
+    """sglang-omni's `SpeechStreamSessionConfig`: the `session` of the first message on
+    `SESSION_PATH` (`{"type": "session.config", "session": {...}}`). The same voice and sampling
+    fields as a speech request, plus how audio comes back (`stream_audio`: raw PCM binary frames as
+    they are made, else one binary frame per sentence in `response_format`) and where text is cut
+    (`split_granularity`: "sentence" or "clause")."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: str | None = None
+    response_format: str = "pcm"
+    stream_audio: bool = False
+    split_granularity: str = "sentence"
     task_type: str | None = None
     language: str | None = None
     instructions: str | None = None
@@ -191,3 +222,18 @@ def decode_pcm(data: str) -> np.ndarray:
     if len(raw) % 2:
         raise ValueError("PCM data has an odd number of bytes")
     return np.frombuffer(raw, dtype="<i2").astype(np.int16)
+
+
+def pcm_bytes(pcm: np.ndarray) -> bytes:
+    return np.ascontiguousarray(pcm, dtype="<i2").tobytes()
+
+
+def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
+    """int16 mono samples as a WAV file."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm_bytes(pcm))
+    return buf.getvalue()

@@ -15,14 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import io
 import itertools
 import json
 import logging
 import os
 import time
 import uuid
-import wave
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -65,6 +63,7 @@ from agent_runtime.tts_service.protocol import (
     CLOSE_GOING_AWAY,
     INFO_PATH,
     REFUSAL_HEADER,
+    SESSION_PATH,
     SPEECH_PATH,
     SSE_CHUNK_OBJECT,
     SSE_DONE,
@@ -81,7 +80,10 @@ from agent_runtime.tts_service.protocol import (
     StartMessage,
     TextMessage,
     encode_pcm,
+    pcm_bytes,
+    wav_bytes,
 )
+from agent_runtime.tts_service.sglang_session import SpeechSession
 
 log = logging.getLogger("agent_runtime.tts_service")
 _CLIENT_MESSAGE: TypeAdapter[Any] = TypeAdapter(ClientMessage)
@@ -181,6 +183,7 @@ class TTSServer:
         self.metrics = TTSServiceMetrics()
         self.runs: set[StreamRun] = set()
         self.connections: set[StreamConnection] = set()
+        self.sessions: set[SpeechSession] = set()  # sglang-omni's streaming sessions (SESSION_PATH)
         self._loader: asyncio.Task[None] | None = None
         self.app = self._build_app()
 
@@ -196,6 +199,7 @@ class TTSServer:
         app.router.add_get(INFO_PATH, self._info)
         app.router.add_post(SPEECH_PATH, self._speech)
         app.router.add_get(STREAM_PATH, self._stream)
+        app.router.add_get(SESSION_PATH, self._session)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
@@ -249,7 +253,7 @@ class TTSServer:
         if not self.authorized(request):
             return unauthorized()
         self.metrics.active_streams.set(len(self.runs))
-        self.metrics.connections.set(len(self.connections))
+        self.metrics.connections.set(len(self.connections) + len(self.sessions))
         return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
                             headers={"X-Prometheus-Format": "0.0.4"})
 
@@ -513,8 +517,9 @@ class TTSServer:
         await response.write_eof()
         return response
 
-    # -- GET /v1/audio/stream (WebSocket) ---------------------------------------------------------
-    async def _stream(self, request: web.Request) -> web.StreamResponse:
+    # -- GET /v1/audio/stream and /v1/audio/speech/stream (WebSockets) ---------------------------
+    def _refuse_upgrade(self, request: web.Request) -> web.Response | None:
+        """Why a WebSocket upgrade is refused (auth, drain, loading, the connection cap), or None."""
         if not self.authorized(request):
             return unauthorized()
         if self.draining:
@@ -522,12 +527,32 @@ class TTSServer:
             return json_error(503, "shutting down: try another server", **_refusal("shutting_down"))
         if self.synth is None:
             return json_error(503, self.load_error or "the engine is loading", **_refusal("loading"))
-        if len(self.connections) >= self.cfg.max_connections:
+        if len(self.connections) + len(self.sessions) >= self.cfg.max_connections:
             self.metrics.rejected.inc("connections")
             return json_error(
                 503, f"{self.cfg.max_connections} connections are open (tts_server.max_connections): try again",
                 **_refusal("connections"),
             )
+        return None
+
+    async def _session(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refuse_upgrade(request)
+        if refused is not None:
+            return refused
+        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_body_bytes, autoping=True, timeout=WS_CLOSE_TIMEOUT_S)
+        await ws.prepare(request)
+        session = SpeechSession(self, ws)
+        self.sessions.add(session)
+        try:
+            await session.serve()
+        finally:
+            self.sessions.discard(session)
+        return ws
+
+    async def _stream(self, request: web.Request) -> web.StreamResponse:
+        refused = self._refuse_upgrade(request)
+        if refused is not None:
+            return refused
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_body_bytes, autoping=True, timeout=WS_CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         conn = StreamConnection(self, ws)
@@ -558,7 +583,10 @@ class TTSServer:
 
 
     async def _close_connections(self, *, idle_only: bool) -> None:
-        conns = [c for c in self.connections if not idle_only or c.state is StreamState.IDLE]
+        conns: list[StreamConnection | SpeechSession] = [
+            c for c in self.connections if not idle_only or c.state is StreamState.IDLE
+        ]
+        conns += [s for s in self.sessions if not idle_only or s.idle]
         await asyncio.gather(*(c.close(CLOSE_GOING_AWAY, "server shutting down") for c in conns))
 
 
@@ -872,18 +900,3 @@ def supported_options(synth: Synthesizer) -> list[str] | None:
             if isinstance(names, set | frozenset):
                 return sorted(names)
     return None
-
-
-def pcm_bytes(pcm: np.ndarray) -> bytes:
-    return np.ascontiguousarray(pcm, dtype="<i2").tobytes()
-
-
-def wav_bytes(pcm: np.ndarray, sample_rate: int) -> bytes:
-    """int16 mono samples as a WAV file."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(sample_rate)
-        w.writeframes(pcm_bytes(pcm))
-    return buf.getvalue()
