@@ -455,7 +455,8 @@ class PooledDecoder:
         synced = time.perf_counter()
         self.last_logits = self.logits_buf[: len(slots)]
         self.last_slots = slots
-        results = [self._take(slot, out[b]) for b, slot in enumerate(slots)]
+        rows = out.numpy()  # per-row work on numpy views: a few µs less per slot than tensor indexing
+        results = [self._take(slot, out[b, :-1], rows[b]) for b, slot in enumerate(slots)]
         t = self.times
         t.steps += 1
         t.frames += len(slots)
@@ -463,17 +464,17 @@ class PooledDecoder:
         t.host_s += (launched - t0 if self.device.type == "cuda" else 0.0) + time.perf_counter() - synced
         return results
 
-    def _take(self, slot: int, row: Tensor) -> SlotFrame:
-        """Host mirrors after a slot's frame, and its SlotFrame."""
+    def _take(self, slot: int, frame: Tensor, row: np.ndarray) -> SlotFrame:
+        """Host mirrors after a slot's frame, and its SlotFrame. `frame` (N+1,) is a view of this
+        step's host copy (fresh every step, never written), `row` the same with the ended flag."""
         if self._index[slot] > 0:
             self._length[slot] += 1
         self._index[slot] += 1
-        frame = row[:-1].clone()
         ended = bool(row[-1])
         if ended:
             self._phase[slot] = SlotPhase.IDLE
-        codes = None if ended else frame[1:].numpy().astype(np.int64)
-        return SlotFrame(slot=slot, token=int(frame[0]), codes=codes, frame=frame)
+        codes = None if ended else row[1:-1].copy()
+        return SlotFrame(slot=slot, token=int(row[0]), codes=codes, frame=frame)
 
     def _eager_step(self, slots: list[int]) -> tuple[Tensor, Tensor]:
         """The step without graphs. On CUDA the batch is padded to its bucket (scratch rows) as in

@@ -496,31 +496,37 @@ class PoolScheduler:
         return {s.slot: s.generator.get_state() for s in segs if s.generator is not None}
 
     def _deliver(self, frames: list[Any], ahead: dict[int, Tensor]) -> None:
+        """Hand a step's frames to their segments: to a waiting consumer, else to the segment's
+        buffer; segments whose frame ended them end. One lock for the whole step; the futures are
+        resolved after it (their callbacks run consumers' code)."""
         now = time.perf_counter()
-        for f in frames:
-            seg = self._by_slot.get(f.slot)
-            if seg is None or seg.phase is not SegPhase.DECODING:
-                continue
-            if f.codes is None:
-                self._end(seg)
-                continue
-            self.frames += 1
-            if seg.first_frame_at is None:
-                seg.first_frame_at = now
-                self._h["first_frame"].add(now - seg.created)
-            codes = np.asarray(f.codes, dtype=np.int64)
-            column = f.frame.detach().to("cpu", torch.long)
-            with self._cv:
+        ready: list[tuple[Future[Any], np.ndarray]] = []
+        ended: list[PooledSegment] = []
+        with self._cv:
+            for f in frames:
+                seg = self._by_slot.get(f.slot)
+                if seg is None or seg.phase is not SegPhase.DECODING:
+                    continue
+                if f.codes is None:
+                    ended.append(seg)
+                    continue
+                self.frames += 1
+                if seg.first_frame_at is None:
+                    seg.first_frame_at = now
+                    self._h["first_frame"].add(now - seg.created)
                 if seg.closed:
                     continue
+                codes = np.asarray(f.codes, dtype=np.int64)
+                column = f.frame if f.frame.device.type == "cpu" else f.frame.cpu()
                 if seg._waiters:
-                    fut = seg._waiters.popleft()
+                    ready.append((seg._waiters.popleft(), codes))
                     seg.kept.append(column)
                 else:
                     seg._buffer.append((codes, column, ahead.get(f.slot)))
-                    fut = None
-            if fut is not None:
-                fut.set_result(codes)
+        for seg in ended:
+            self._end(seg)
+        for fut, codes in ready:
+            fut.set_result(codes)
 
     def forget_slot(self, slot: int) -> None:
         """Model thread: the slot is being left; stop and drop its segments."""
