@@ -283,7 +283,9 @@ class SpeechSession:
             if msg.type == WSMsgType.BINARY:
                 await self._error("speech WebSocket client messages must be text frames")
                 continue
-            if msg.type != WSMsgType.TEXT:  # the client closed (barge-in) or the socket broke
+            if msg.type != WSMsgType.TEXT:  # the client closed (barge-in), or the socket broke
+                if msg.type == WSMsgType.ERROR:  # e.g. a message over max_body_bytes (aiohttp closed it: 1009)
+                    self.server.metrics.rejected.inc("bad_request")
                 return 1000, "client closed"
             last = time.monotonic()
             payload = await self._parse(msg.data)

@@ -265,3 +265,17 @@ async def test_a_draining_server_closes_sessions_with_going_away() -> None:
         assert len(srv.server.runs) == 0 and not srv.server.sessions
     assert idle_close.type == aiohttp.WSMsgType.CLOSE and idle_close.data == 1001
     assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
+
+
+async def test_an_oversized_message_closes_the_session_and_frees_the_slot() -> None:
+    synth = FakeSynth(block=200, block_delay_s=0.05)
+    async with serving(synth, {"max_body_bytes": 2048}) as srv, aiohttp.ClientSession() as http, \
+            http.ws_connect(srv.url + SESSION_PATH) as ws:
+        await ws.send_json({"type": "session.config"})
+        await ws.receive_json()
+        await ws.send_json({"type": "input.text", "text": "x" * 4096})
+        closing = await ws.receive()
+        await srv.wait_streams(0)
+        metrics = srv.server.metrics.render()
+    assert closing.type == aiohttp.WSMsgType.CLOSE and closing.data == 1009
+    assert 'tts_rejected_total{reason="bad_request"} 1' in metrics
