@@ -19,7 +19,13 @@ from agent_runtime.tts.s2pro.prompt import VoiceReference
 from agent_runtime.tts.s2pro.sampling import SamplingParams
 from agent_runtime.tts.s2pro.serving import decoder as decoder_module
 from agent_runtime.tts.s2pro.serving.attention import FlexDecodeAttention, MaskedDecodeAttention
-from agent_runtime.tts.s2pro.serving.contract import PoolConfig, PoolFull, SlotPhase, SlotSampling
+from agent_runtime.tts.s2pro.serving.contract import (
+    PoolConfig,
+    PoolFull,
+    PrefillChunk,
+    SlotPhase,
+    SlotSampling,
+)
 from agent_runtime.tts.s2pro.serving.decoder import PooledDecoder
 from agent_runtime.tts.s2pro.serving.graphs import bucket_for
 
@@ -441,3 +447,39 @@ def test_bucket_for() -> None:
     with pytest.raises(ValueError, match="largest bucket"):
         bucket_for((1, 2), 3)
     assert PoolConfig(max_streams=6, buckets=(1, 4, 8)).step_buckets() == (1, 4, 6)
+
+
+def test_prefill_many_equals_one_prefill_per_slot(engine: S2ProEngine) -> None:
+    """Three slots' chunks as one forward (one of them a prompt's second chunk, starting at 20)
+    write the K/V and first-frame outputs that three `prefill` calls write, within rounding, and
+    the frames that follow are the same."""
+    prompts = [engine.builder.build(t, None) for t in (TEXT, TEXT2, TEXT + " " + TEXT2)]
+    decoders = [make_decoder(engine), make_decoder(engine)]
+    for decoder in decoders:
+        for i, params in enumerate((P1, P2, P3)):
+            assert decoder.join(SlotSampling(params, seed=40 + i)) == i
+        decoder.prefill(2, prompts[2][:, :20], 0, last=False)  # its first chunk alone, in both
+    chunks = [
+        PrefillChunk(0, prompts[0], 0, True),
+        PrefillChunk(1, prompts[1], 0, True),
+        PrefillChunk(2, prompts[2][:, 20:], 20, True),
+    ]
+    single, many = decoders
+    for c in chunks:
+        single.prefill(c.slot, c.values, c.start, last=c.last)
+    many.prefill_many(chunks)
+    for slot, prompt in enumerate(prompts):
+        n = prompt.shape[1]
+        assert single.context_length(slot) == many.context_length(slot) == n
+        for k_single, k_many in zip(single.k, many.k, strict=True):
+            torch.testing.assert_close(k_many[:, slot, :n], k_single[:, slot, :n], rtol=TOL, atol=TOL)
+    torch.testing.assert_close(many.state.pending_normed, single.state.pending_normed, rtol=TOL, atol=TOL)
+    frames: list[list[torch.Tensor]] = [[], []]
+    for decoder, out in zip(decoders, frames, strict=True):
+        for slot in range(3):
+            decoder.begin_segment(slot, 6)
+        for _ in range(6):
+            out += [f.frame for f in decoder.step()]
+    torch.testing.assert_close(torch.stack(frames[1]), torch.stack(frames[0]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="one chunk per slot"):
+        many.prefill_many([PrefillChunk(0, prompts[0][:, :16], 0, False)] * 2)

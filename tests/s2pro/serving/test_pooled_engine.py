@@ -97,6 +97,10 @@ class ReferenceDecoder:
         s.length = start + values.shape[1]
         s.phase = SlotPhase.PREFILLING
 
+    def prefill_many(self, chunks) -> None:
+        for c in chunks:
+            self.prefill(c.slot, c.values, c.start, last=c.last)
+
     def begin_segment(self, slot: int, max_frames: int) -> None:
         s = self.slots[slot]
         s.phase, s.index, s.budget, s.prompt_len = SlotPhase.DECODING, 0, max_frames, s.length

@@ -63,6 +63,11 @@ class FakeDecoder:
         self.phases[slot] = SlotPhase.PREFILLING
         self.log.append(("prefill", slot, start, values.shape[1], last))
 
+    def prefill_many(self, chunks) -> None:
+        self.log.append(("prefill_many", len(chunks)))
+        for c in chunks:
+            self.prefill(c.slot, c.values, c.start, last=c.last)
+
     def begin_segment(self, slot: int, max_frames: int) -> None:
         assert self.phases[slot] is SlotPhase.PREFILLING
         self.phases[slot] = SlotPhase.DECODING
@@ -171,6 +176,24 @@ def test_long_prefill_interleaves_with_steps_and_new_call_goes_first() -> None:
     assert c_first < b_last  # C's chunk did not wait for all of B's
     assert c.first_frame_at is not None and b.first_frame_at is not None
     assert c.first_frame_at < b.first_frame_at  # C's first audio is not behind B's long prefill
+
+
+def test_a_rounds_prefill_chunks_share_one_forward() -> None:
+    """Four short prompts queued while the model thread is busy go to the decoder as one
+    `prefill_many` (the weights read once for all), within the round's prefill budget."""
+    dec, sched = _setup(chunk=64)
+    slots: list[int] = []
+    segs = [_segment(sched, slots, rows=16, budget=3) for _ in range(4)]
+    busy = sched.submit(lambda: time.sleep(0.3))
+    for seg in segs:
+        sched.add_segment(seg)
+    busy.result(timeout=10)
+    for seg in segs:
+        assert len(_drain(sched, seg)) == 2
+    sched.close(wait=True)
+    assert [e for e in dec.log if e[0] == "prefill_many"] == [("prefill_many", 4)]
+    snap = sched.snapshot()
+    assert snap.prefill_chunks == 4 and snap.prefill_forwards == 1
 
 
 def test_pool_full_cancel_and_slot_reuse() -> None:

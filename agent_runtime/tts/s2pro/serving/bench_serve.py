@@ -397,6 +397,7 @@ class Bench:
             "sampling_ms": t.sampling_s / steps * 1e3, "host_ms": t.host_s / steps * 1e3,
             "extra_ms": {k: v / steps * 1e3 for k, v in t.extra.items()},
             "prefill_chunks": snap.prefill_chunks - snap0.prefill_chunks,
+            "prefill_forwards": snap.prefill_forwards - snap0.prefill_forwards,
             "step_ms_p50": snap.step.p50 * 1e3, "active_p50": snap.active.p50,
             "prefill_wait_ms_p50": snap.prefill_wait.p50 * 1e3, "prefill_wait_ms_p95": snap.prefill_wait.p95 * 1e3,
             "call_wait_ms_p95": snap.call_wait.p95 * 1e3,
@@ -416,7 +417,7 @@ class Bench:
                 f"[bench-serve] N={n} done: {r['calls']} calls, {r['frames']} frames in {r['wall_s']:.1f} s, "
                 f"{r['agg_fps']:.0f} frames/s, RTF p95 {r['rtf_p95']:.3f}, first audio p95 {r['first_ttfa_ms_p95']:.0f} ms, "
                 f"prefill wait p50/p95 {r['prefill_wait_ms_p50']:.0f}/{r['prefill_wait_ms_p95']:.0f} ms, "
-                f"{r['prefill_chunks']} chunks, {r['steps']} steps",
+                f"{r['prefill_chunks']} chunks in {r['prefill_forwards']} prefill forwards, {r['steps']} steps",
                 flush=True,
             )
             self.write_json(floor)  # after every level: a run cut short keeps the levels it finished

@@ -22,6 +22,7 @@ it is not kept (returned as `codes=None`), exactly as `_Segment._advance`.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -124,6 +125,16 @@ class StepTimes:
         self.extra.clear()
 
 
+@dataclass(frozen=True)
+class PrefillChunk:
+    """One slot's prefill chunk: positions [start, start + S) from values (N+1, S) (as `prefill`)."""
+
+    slot: int
+    values: Tensor
+    start: int
+    last: bool
+
+
 class PooledDecoderAPI(Protocol):
     """What the engine needs from the decoder (implemented by `decoder.PooledDecoder`)."""
 
@@ -150,6 +161,11 @@ class PooledDecoderAPI(Protocol):
         """Write positions [start, start + S) of `slot` from values (N+1, S) (IDLE or PREFILLING;
         the slot becomes PREFILLING). `last`: this chunk ends the prompt; its final position's
         output is kept for the segment's first frame. Positions >= start + S become invalid."""
+        ...
+
+    def prefill_many(self, chunks: Sequence[PrefillChunk]) -> None:
+        """`prefill` for chunks of different slots (one each) at once: the same effect as one
+        `prefill` per chunk in order (up to rounding: the decoder may run them as one forward)."""
         ...
 
     def begin_segment(self, slot: int, max_frames: int) -> None:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -45,7 +45,7 @@ from torch import Tensor
 
 from agent_runtime.errors import ConfigError
 from agent_runtime.tts.s2pro.kv_cache import prefill_kv_len
-from agent_runtime.tts.s2pro.model import DualARConfig, DualARTransformer, FastARStepper, LayerKV
+from agent_runtime.tts.s2pro.model import DualARConfig, DualARTransformer, FastARStepper, LayerKV, causal_mask
 from agent_runtime.tts.s2pro.sampling import (
     RAS_HIGH_TEMPERATURE,
     RAS_HIGH_TOP_P,
@@ -57,6 +57,7 @@ from agent_runtime.tts.s2pro.serving.attention import FLEX_BLOCK, FlexDecodeAtte
 from agent_runtime.tts.s2pro.serving.contract import (
     PoolConfig,
     PoolFull,
+    PrefillChunk,
     SlotFrame,
     SlotPhase,
     SlotSampling,
@@ -391,24 +392,78 @@ class PooledDecoder:
     @torch.inference_mode()
     def prefill(self, slot: int, values: Tensor, start: int, *, last: bool) -> None:
         """Write positions [start, start + S) of `slot` from values (N+1, S) (see the contract)."""
-        self._expect(slot, SlotPhase.IDLE, SlotPhase.PREFILLING)
+        chunk = PrefillChunk(slot, values, start, last)
+        self._check_chunk(chunk)
         end = start + values.shape[1]
-        if not 0 <= start <= self._length[slot] or values.shape[1] < 1 or end > self.config.max_len:
+        layers = [LayerKV(k[None, :, slot], v[None, :, slot]) for k, v in zip(self.k, self.v, strict=True)]
+        normed, fast_in = self.model.forward_slow(values[None].to(self.device), layers, start, self._attend_len(end))
+        self._prefilled(chunk, normed[0, -1], fast_in[0, -1])
+
+    @torch.inference_mode()
+    def prefill_many(self, chunks: Sequence[PrefillChunk]) -> None:
+        """Several slots' chunks as one forward: the GEMMs (the weight reads, most of a short
+        prefill's time on a GPU) run once over all the chunks' rows packed together; embedding,
+        RoPE, the K/V writes and attention stay per chunk, each exactly as `prefill` does them. So
+        a round with k short prompts reads the weights once instead of k times. The result equals k
+        `prefill` calls up to rounding (other GEMM shapes; fp32 ~1e-6). One chunk: `prefill`."""
+        if len(chunks) == 1:
+            c = chunks[0]
+            self.prefill(c.slot, c.values, c.start, last=c.last)
+            return
+        if len({c.slot for c in chunks}) != len(chunks):
+            raise ValueError("prefill_many takes one chunk per slot")
+        for c in chunks:
+            self._check_chunk(c)
+        model = self.model
+        sizes = [c.values.shape[1] for c in chunks]
+        x = torch.cat([model.embed(c.values[None].to(self.device)) for c in chunks], dim=1)  # (1, T, D)
+        freqs = torch.cat([model.freqs_cis[c.start : c.start + n] for c, n in zip(chunks, sizes, strict=True)])
+        plans = []
+        for c, n in zip(chunks, sizes, strict=True):
+            kv_len = self._attend_len(c.start + n)
+            positions = torch.arange(c.start, c.start + n, device=self.device)
+            plans.append((c, n, kv_len, causal_mask(positions, kv_len)))
+        for layer, k_pool, v_pool in zip(model.layers, self.k, self.v, strict=True):
+            attn = layer.attention
+            q, k, v = attn.qkv(layer.attention_norm(x))
+            q, k = attn.rotate(q, k, freqs)
+            ys, at = [], 0
+            for c, n, kv_len, mask in plans:
+                rows = slice(at, at + n)
+                cache = LayerKV(k_pool[None, :, c.slot], v_pool[None, :, c.slot])
+                ys.append(attn.attend(q[:, rows], k[:, rows], v[:, rows], mask, cache, c.start, kv_len))
+                at += n
+            h = x + attn.wo(torch.cat(ys, dim=1))
+            x = h + layer.feed_forward(layer.ffn_norm(h))
+        last_rows = torch.tensor(np.cumsum(sizes) - 1, device=self.device)
+        normed, fast_in = model.slow_outputs(x[:, last_rows])
+        for i, c in enumerate(chunks):
+            self._prefilled(c, normed[0, i], fast_in[0, i])
+
+    def _check_chunk(self, c: PrefillChunk) -> None:
+        self._expect(c.slot, SlotPhase.IDLE, SlotPhase.PREFILLING)
+        end = c.start + c.values.shape[1]
+        if not 0 <= c.start <= self._length[c.slot] or c.values.shape[1] < 1 or end > self.config.max_len:
             raise ValueError(
-                f"prefill of [{start}, {end}) on slot {slot} with {self._length[slot]} valid positions "
+                f"prefill of [{c.start}, {end}) on slot {c.slot} with {self._length[c.slot]} valid positions "
                 f"(chunks must start inside the context and end by max_len {self.config.max_len})"
             )
-        layers = [LayerKV(k[None, :, slot], v[None, :, slot]) for k, v in zip(self.k, self.v, strict=True)]
-        kv_len = min(prefill_kv_len(end, self.cfg.cache_len), self.kv_capacity)  # the engine's attend length
-        normed, fast_in = self.model.forward_slow(values[None].to(self.device), layers, start, kv_len)
+
+    def _attend_len(self, end: int) -> int:
+        """The single-stream engine's attend length for a prefill ending at `end` (within the pool)."""
+        return min(prefill_kv_len(end, self.cfg.cache_len), self.kv_capacity)
+
+    def _prefilled(self, c: PrefillChunk, normed: Tensor, fast_in: Tensor) -> None:
+        """State after chunk `c` (normed, fast_in: its final position's outputs)."""
+        end = c.start + c.values.shape[1]
         st = self.state
-        st.length[slot] = end
-        if last:
-            st.pending_normed[slot] = normed[0, -1]
-            st.pending_fast[slot] = fast_in[0, -1]
-        self._length[slot] = end
-        self._ready[slot] = last
-        self._phase[slot] = SlotPhase.PREFILLING
+        st.length[c.slot] = end
+        if c.last:
+            st.pending_normed[c.slot] = normed
+            st.pending_fast[c.slot] = fast_in
+        self._length[c.slot] = end
+        self._ready[c.slot] = c.last
+        self._phase[c.slot] = SlotPhase.PREFILLING
 
     @torch.inference_mode()
     def begin_segment(self, slot: int, max_frames: int) -> None:

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from agent_runtime.tts.s2pro.serving.codec_batch import BatchedCodecDecoder
-from agent_runtime.tts.s2pro.serving.contract import PooledDecoderAPI, SlotPhase
+from agent_runtime.tts.s2pro.serving.contract import PooledDecoderAPI, PrefillChunk, SlotPhase
 from agent_runtime.tts.s2pro.stream_context import MIN_PREFILL_ROWS
 from agent_runtime.tts.s2pro.streaming import CodecStreamDecoder
 
@@ -142,7 +142,7 @@ class SchedulerSnapshot:
     `first_frame` from a segment's start to its first frame, `step` one decoder step,
     `active` decoding slots per step, `codec` one round of codec pushes that decoded chunks
     (`codec_pushes` frames pushed; `codec_rows` stream chunks decoded in `codec_forwards` batched
-    forwards)."""
+    forwards); `prefill_chunks` ran in `prefill_forwards` forwards (a round's chunks share one)."""
 
     rounds: int
     steps: int
@@ -161,6 +161,7 @@ class SchedulerSnapshot:
     codec_pushes: int
     codec_forwards: int
     codec_rows: int
+    prefill_forwards: int = 0  # `prefill_many` calls: `prefill_chunks` / this = chunks per forward
 
 
 class PoolScheduler:
@@ -185,7 +186,7 @@ class PoolScheduler:
         self._last_step = 0.0
         self._last_chunk = 0.0
         self.rounds = self.steps = self.frames = self.prefill_chunks = self.segments = self.cancelled = 0
-        self.codec_pushes = 0
+        self.codec_pushes = self.prefill_batches = 0
         self._h = {k: Histogram() for k in ("call_wait", "prefill_wait", "first_frame", "step", "active", "codec")}
 
     # -- any thread --------------------------------------------------------------------------------
@@ -292,6 +293,7 @@ class PoolScheduler:
             self.decoder.active(),
             *(h[k].summary() for k in ("call_wait", "prefill_wait", "first_frame", "step", "active", "codec")),
             self.codec_pushes, sum(b.forwards for b in batchers), sum(b.rows for b in batchers),
+            self.prefill_batches,
         )  # fmt: skip
 
     # -- the model thread --------------------------------------------------------------------------
@@ -411,8 +413,13 @@ class PoolScheduler:
         with self._cv:
             chunk_ok = self._chunk_due(now)[0]
         budget = self.prefill_chunk if chunk_ok else 0
-        while budget >= MIN_PREFILL_ROWS and (seg := self._pick_prefill()) is not None:
-            budget -= self._prefill_chunk(seg, now, budget)
+        planned: list[tuple[PooledSegment, PrefillChunk]] = []
+        while budget >= MIN_PREFILL_ROWS and (seg := self._pick_prefill([s for s, _ in planned])) is not None:
+            values, start, last = seg.next_chunk(budget)
+            planned.append((seg, PrefillChunk(seg.slot, values, start, last)))
+            budget -= values.shape[1]
+        if planned:
+            self._run_prefills(planned, now)
             self._last_chunk = time.perf_counter()
         with self._cv:
             step_ok = self._step_due(time.perf_counter())[0]
@@ -467,27 +474,29 @@ class PoolScheduler:
         for fut in waiters:
             fut.set_result(None)
 
-    def _pick_prefill(self) -> PooledSegment | None:
-        """The first chunk of the longest-waiting new segment, else the oldest one's next chunk."""
-        live = [s for s in self._queued if s.phase in (SegPhase.QUEUED, SegPhase.PREFILLING)]
+    def _pick_prefill(self, planned: list[PooledSegment]) -> PooledSegment | None:
+        """The first chunk of the longest-waiting new segment, else the oldest one's next chunk
+        (segments already `planned` for this round's prefill left out)."""
+        live = [s for s in self._queued if s.phase in (SegPhase.QUEUED, SegPhase.PREFILLING) and s not in planned]
         fresh = [s for s in live if s.chunks == 0]
         return (fresh or live or [None])[0]
 
-    def _prefill_chunk(self, seg: PooledSegment, now: float, budget: int) -> int:
-        """Prefill `seg`'s next chunk of at most `budget` positions; returns the positions written."""
-        values, start, last = seg.next_chunk(budget)
-        if seg.chunks == 0:
-            self._h["prefill_wait"].add(now - seg.created)
-        self.decoder.prefill(seg.slot, values, start, last=last)
-        seg.written = start - seg.start + values.shape[1]
-        seg.chunks += 1
-        self.prefill_chunks += 1
-        seg.phase = SegPhase.PREFILLING
-        if last:
-            self.decoder.begin_segment(seg.slot, seg.budget)
-            seg.phase = SegPhase.DECODING
-            self._queued.remove(seg)
-        return values.shape[1]
+    def _run_prefills(self, planned: list[tuple[PooledSegment, PrefillChunk]], now: float) -> None:
+        """This round's prefill chunks (of different segments' slots) in one `prefill_many`."""
+        for seg, _ in planned:
+            if seg.chunks == 0:
+                self._h["prefill_wait"].add(now - seg.created)
+        self.decoder.prefill_many([chunk for _, chunk in planned])
+        self.prefill_batches += 1
+        for seg, chunk in planned:
+            seg.written = chunk.start - seg.start + chunk.values.shape[1]
+            seg.chunks += 1
+            self.prefill_chunks += 1
+            seg.phase = SegPhase.PREFILLING
+            if chunk.last:
+                self.decoder.begin_segment(seg.slot, seg.budget)
+                seg.phase = SegPhase.DECODING
+                self._queued.remove(seg)
 
     def _ahead_states(self) -> dict[int, Tensor]:
         """Generator states of the decoding slots whose next frame nobody waits for yet."""
