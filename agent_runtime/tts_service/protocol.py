@@ -105,17 +105,12 @@ class VoiceFields(BaseModel):
     speed: float | None = None
 
 
-class SpeechRequest(VoiceFields):
-    """`POST /v1/audio/speech`, as sglang-omni's `CreateSpeechRequest` (fields it has that this
-    service cannot honour are accepted by name and answered with a 400 when set; see the server)."""
+class SglangExtensions(VoiceFields):
+    """sglang-omni's speech extensions, in its requests and sessions alike (this service refuses
+    them when set, except `language` English/Auto: see options.check_speech_request)."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    model: str | None = None
-    input: str
-    response_format: str = "wav"
-    stream: bool = False
-    stream_format: str | None = None
     task_type: str | None = None
     language: str | None = None
     instructions: str | None = None
@@ -126,7 +121,20 @@ class SpeechRequest(VoiceFields):
     stage_params: dict[str, dict[str, Any]] | None = None
 
 
-class SessionConfig(VoiceFields):
+class SpeechRequest(SglangExtensions):
+    """`POST /v1/audio/speech`, as sglang-omni's `CreateSpeechRequest` (fields it has that this
+    service cannot honour are accepted by name and answered with a 400 when set; see the server)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    model: str | None = None
+    input: str
+    response_format: str = "wav"
+    stream: bool = False
+    stream_format: str | None = None
+
+
+class SessionConfig(SglangExtensions):
     """sglang-omni's `SpeechStreamSessionConfig`: the `session` of the first message on
     `SESSION_PATH` (`{"type": "session.config", "session": {...}}`). The same voice and sampling
     fields as a speech request, plus how audio comes back (`stream_audio`: raw PCM binary frames as
@@ -139,14 +147,6 @@ class SessionConfig(VoiceFields):
     response_format: str = "pcm"
     stream_audio: bool = False
     split_granularity: str = "sentence"
-    task_type: str | None = None
-    language: str | None = None
-    instructions: str | None = None
-    x_vector_only_mode: bool | None = None
-    token_count: int | None = None
-    duration_tokens: int | None = None
-    initial_codec_chunk_frames: int | None = None
-    stage_params: dict[str, dict[str, Any]] | None = None
 
 
 # -- the WebSocket stream: client -> server ---------------------------------------------------

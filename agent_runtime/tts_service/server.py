@@ -536,31 +536,25 @@ class TTSServer:
         return None
 
     async def _session(self, request: web.Request) -> web.StreamResponse:
-        refused = self._refuse_upgrade(request)
-        if refused is not None:
-            return refused
-        ws = web.WebSocketResponse(max_msg_size=self.cfg.max_body_bytes, autoping=True, timeout=WS_CLOSE_TIMEOUT_S)
-        await ws.prepare(request)
-        session = SpeechSession(self, ws)
-        self.sessions.add(session)
-        try:
-            await session.serve()
-        finally:
-            self.sessions.discard(session)
-        return ws
+        return await self._serve_socket(request, SpeechSession, self.sessions)
 
     async def _stream(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve_socket(request, StreamConnection, self.connections)
+
+    async def _serve_socket(self, request: web.Request, handler: Callable[[TTSServer, web.WebSocketResponse], Any],
+                            registry: set[Any]) -> web.StreamResponse:  # fmt: skip
+        """Upgrade (unless refused), then run `handler(self, ws).serve()` while it is in `registry`."""
         refused = self._refuse_upgrade(request)
         if refused is not None:
             return refused
         ws = web.WebSocketResponse(max_msg_size=self.cfg.max_body_bytes, autoping=True, timeout=WS_CLOSE_TIMEOUT_S)
         await ws.prepare(request)
-        conn = StreamConnection(self, ws)
-        self.connections.add(conn)
+        conn = handler(self, ws)
+        registry.add(conn)
         try:
             await conn.serve()
         finally:
-            self.connections.discard(conn)
+            registry.discard(conn)
         return ws
 
     # -- drain ------------------------------------------------------------------------------------

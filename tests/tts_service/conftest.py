@@ -20,7 +20,7 @@ from agent_runtime.config import load_config
 from agent_runtime.server.slowloris import start_http
 from agent_runtime.tts.base import SpeechOptions, Synthesizer, UtteranceSynth
 from agent_runtime.tts.stream import ChunkedSynthesizer
-from agent_runtime.tts_service.protocol import SPEECH_PATH, STREAM_PATH, decode_pcm
+from agent_runtime.tts_service.protocol import SPEECH_PATH, STREAM_PATH, decode_pcm, wav_bytes
 from agent_runtime.tts_service.server import TTSServer
 
 RATE = 16_000
@@ -163,13 +163,7 @@ def joined_pcm(audio_messages: list[dict]) -> np.ndarray:
 
 
 def wav_b64(samples: np.ndarray, rate: int) -> str:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(np.asarray(samples, dtype="<i2").tobytes())
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(wav_bytes(np.asarray(samples, dtype=np.int16), rate)).decode()
 
 
 async def local_stream_audio(synth: Synthesizer, text: str, **kwargs) -> tuple[np.ndarray, list[tuple[int, str]]]:
