@@ -18,6 +18,8 @@ Loads the TTS engine of the config's `tts:` section (default piper), warms it, a
                           server-sent events of base64 WAV chunks, or raw PCM with stream_format "audio"
   GET  /v1/audio/stream   WebSocket for live replies: start, text deltas, flush, cancel (barge-in);
                           audio comes back tagged with the text segment it speaks
+  GET  /v1/audio/speech/stream  sglang-omni's streaming WebSocket: session.config, input.text,
+                          input.done; per sentence audio.start, binary audio, audio.done
   GET  /v1/info           engine, sample rate, limits
   GET  /healthz /readyz   liveness; readiness with {"streams", "max_streams"} for load balancing
   GET  /metrics           Prometheus: active streams, streams by outcome, rejections, time to first
