@@ -79,15 +79,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tts: concurrent stream levels, e.g. 1,4,16 (overrides the scenario's streams)")
     p.add_argument("--replies", type=int, default=None, metavar="R",
                    help="tts: replies per stream at each level (overrides the scenario's replies)")
+    p.add_argument("--protocol", choices=("agent-runtime", "sglang-omni"), default=None,
+                   help="tts: tts-serve's /v1/audio/stream, or sglang-omni's streaming session "
+                        "/v1/audio/speech/stream (an sglang-omni server, or tts-serve); overrides the scenario's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.mode != "tts" and (args.streams is not None or args.replies is not None):
+    if args.mode != "tts" and (args.streams is not None or args.replies is not None or args.protocol is not None):
         import sys
 
-        print("error: --streams and --replies apply to `loadtest tts` only", file=sys.stderr)
+        print("error: --streams, --replies and --protocol apply to `loadtest tts` only", file=sys.stderr)
         return 2
     if args.mode == "chaos":
         from loadtest.chaos.main import run as chaos

@@ -27,7 +27,7 @@ from loadtest.progress import Progress
 from loadtest.safety import NotLoopbackError, require_answering, require_loopback
 from loadtest.scenario import ScenarioError
 from loadtest.server import ServerStartError
-from loadtest.tts.client import StreamError, one_reply, ws_url
+from loadtest.tts.client import StreamError, one_reply, session_reply, ws_url
 from loadtest.tts.report import build, render_html, text_summary
 from loadtest.tts.spec import TTSScenario, load_scenario, load_slo
 
@@ -57,6 +57,8 @@ def scenario_from_args(args: argparse.Namespace) -> TTSScenario:
         update["streams"] = parse_levels(args.streams)
     if getattr(args, "replies", None):
         update["replies"] = args.replies
+    if getattr(args, "protocol", None):
+        update["protocol"] = args.protocol
     return TTSScenario.model_validate({**sc.model_dump(), **update}) if update else sc
 
 
@@ -82,15 +84,23 @@ class Run:
                 rec: dict[str, Any] = {"level": level, "stream": idx, "reply": n,
                                        "t": round(time.monotonic() - self.t0, 3)}
                 try:
-                    if ws is None or ws.closed:
-                        try:
-                            ws = await http.ws_connect(ws_url(self.url), headers=_headers(), heartbeat=None,
-                                                       timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
-                        except (aiohttp.ClientError, OSError) as exc:
-                            raise StreamError("connect_failed", str(exc)) from None
-                    figures = await one_reply(ws, self._text(idx + n), chars_per_s=sc.chars_per_s,
-                                              delta_chars=sc.delta_chars, first_token_ms=sc.first_token_ms,
-                                              timeout_s=sc.stream_timeout_s, voice=sc.voice)
+                    if sc.protocol == "sglang-omni":  # a session per reply (the server closes it after)
+                        figures = await session_reply(
+                            http, self.url, self._text(idx + n), chars_per_s=sc.chars_per_s,
+                            delta_chars=sc.delta_chars, first_token_ms=sc.first_token_ms,
+                            timeout_s=sc.stream_timeout_s, voice=sc.voice,
+                            split_granularity=sc.split_granularity, headers=_headers(),
+                        )
+                    else:
+                        if ws is None or ws.closed:
+                            try:
+                                ws = await http.ws_connect(ws_url(self.url), headers=_headers(), heartbeat=None,
+                                                           timeout=aiohttp.ClientWSTimeout(ws_close=2.0))
+                            except (aiohttp.ClientError, OSError) as exc:
+                                raise StreamError("connect_failed", str(exc)) from None
+                        figures = await one_reply(ws, self._text(idx + n), chars_per_s=sc.chars_per_s,
+                                                  delta_chars=sc.delta_chars, first_token_ms=sc.first_token_ms,
+                                                  timeout_s=sc.stream_timeout_s, voice=sc.voice)
                     rec.update(status="ok", error_code=None, **figures)
                 except StreamError as exc:
                     rec.update(status="error", error_code=exc.code, error=str(exc)[:300])

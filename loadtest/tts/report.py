@@ -23,7 +23,10 @@ def _stats(values: list[float], digits: int = 1) -> dict[str, Any]:
     return s
 
 
-def summarize_level(k: int, lv: dict[str, Any], replies: list[dict[str, Any]]) -> dict[str, Any]:
+def summarize_level(k: int, lv: dict[str, Any], replies: list[dict[str, Any]],
+                    endpoint: str = "stream") -> dict[str, Any]:
+    """Level `k`'s figures; `endpoint`: the server metrics' label of the protocol driven (stream or
+    session: tts-serve's own WebSocket or sglang-omni's session)."""
     mine = [r for r in replies if r["level"] == k]
     ok = [r for r in mine if r["status"] == "ok"]
     errors = Counter(r["error_code"] for r in mine if r["status"] != "ok")
@@ -42,7 +45,7 @@ def summarize_level(k: int, lv: dict[str, Any], replies: list[dict[str, Any]]) -
         "underrun_replies_rate": round(sum(r["underruns"] > 0 for r in ok) / len(ok), 4) if ok else 0.0,
         "audio_s": round(audio_ms / 1000, 2),
         "server_first_audio_ms": histogram_quantiles(before, after, "tts_time_to_first_audio_seconds",
-                                                     "endpoint").get("stream"),
+                                                     "endpoint").get(endpoint),
         "server_rejected_busy": int(counter(after, "tts_rejected_total", reason="busy")
                                     - counter(before, "tts_rejected_total", reason="busy")),
     }
@@ -51,13 +54,14 @@ def summarize_level(k: int, lv: dict[str, Any], replies: list[dict[str, Any]]) -
 def build(scenario: dict[str, Any], slo: TTSSLO, levels_raw: list[dict[str, Any]], replies: list[dict[str, Any]],
           *, url: str, info: dict[str, Any] | None, stopped_early: str | None,
           warmup: list[dict[str, Any]]) -> tuple[dict[str, Any], Verdict]:
-    levels = [summarize_level(k, lv, replies) for k, lv in enumerate(levels_raw)]
+    endpoint = "session" if scenario.get("protocol") == "sglang-omni" else "stream"
+    levels = [summarize_level(k, lv, replies, endpoint) for k, lv in enumerate(levels_raw)]
     v = verdict(slo, levels)
     for lv, chk in zip(levels, v.levels, strict=True):
         lv["slo_ok"], lv["slo_failures"] = chk.ok, chk.failures
     doc = {
         "schema": "agent-runtime-loadtest-tts/1",
-        "target": "agent-runtime tts-serve", "url": url, "mode": "tts", "server_info": info,
+        "target": "agent-runtime tts-serve" if endpoint == "stream" else "sglang-omni speech sessions", "url": url, "mode": "tts", "server_info": info,
         "scenario": scenario, "slo": slo.model_dump(mode="json"),
         "verdict": {"ok": v.ok, "max_concurrency_at_slo": v.max_concurrency_at_slo, "line": v.line},
         "stopped_early": stopped_early, "levels": levels, "replies": replies, "warmup": warmup,

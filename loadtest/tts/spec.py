@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
@@ -31,6 +31,14 @@ class TTSScenario(_Strict):
     first_token_ms: int = Field(200, ge=0, le=60_000, description="delay before the first delta (LLM TTFT)")
     pause_between_ms: int = Field(300, ge=0, le=60_000, description="pause after a reply's done, per stream")
     voice: str | None = Field(None, description="`voice` of the start message (None: the server's)")
+    protocol: Literal["agent-runtime", "sglang-omni"] = Field(
+        "agent-runtime",
+        description="agent-runtime: tts-serve's /v1/audio/stream, one socket per stream; sglang-omni: its "
+        "streaming session /v1/audio/speech/stream (sglang-omni or tts-serve), one socket per reply",
+    )
+    split_granularity: Literal["sentence", "clause"] = Field(
+        "sentence", description="sglang-omni protocol: where the server cuts the text (its session config)"
+    )
     warmup_streams: int = Field(1, ge=0, le=64, description="replies before the first level, not counted")
     stream_timeout_s: float = Field(60.0, gt=0, le=3600, description="a reply with no done by then is an error")
     max_duration_s: float = Field(900.0, gt=0, le=86_400, description="hard cap on the whole run")

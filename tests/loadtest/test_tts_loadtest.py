@@ -77,7 +77,10 @@ def test_verdict_levels():
 def test_cli_parses_tts_mode():
     args = build_parser().parse_args(["loadtest", "tts", "--url", "http://127.0.0.1:1", "--streams", "1,2",
                                       "--replies", "2", "--out", "x"])
-    assert args.mode == "tts" and args.streams == "1,2" and args.replies == 2
+    assert args.mode == "tts" and args.streams == "1,2" and args.replies == 2 and args.protocol is None
+    args = build_parser().parse_args(["loadtest", "tts", "--url", "http://127.0.0.1:1", "--protocol", "sglang-omni",
+                                      "--out", "x"])
+    assert args.protocol == "sglang-omni"
 
 
 @pytest.fixture(scope="module")
@@ -102,10 +105,10 @@ def piper_server():
         proc.wait(30)
 
 
-def _loadtest(url: str, out: Path, slo: Path) -> int:
+def _loadtest(url: str, out: Path, slo: Path, *extra: str) -> int:
     cmd = [sys.executable, "-m", "agent_runtime.cli", "loadtest", "tts", "--url", url, "--streams", "2,3",
            "--replies", "1", "--scenario", str(REPO / "configs/scenarios/tts/smoke.yaml"), "--slo", str(slo),
-           "--out", str(out), "--no-progress"]
+           "--out", str(out), "--no-progress", *extra]
     return subprocess.run(cmd, cwd=REPO, timeout=240, capture_output=True, text=True).returncode
 
 
@@ -134,3 +137,20 @@ def test_real_piper_run_passes_and_impossible_slo_fails(piper_server, tmp_path):
     assert _loadtest(piper_server, out2, strict) == 1
     doc = json.loads((out2 / "report.json").read_text())
     assert not doc["verdict"]["ok"] and "first audio p95" in doc["verdict"]["line"]
+
+
+@pytest.mark.slow
+def test_the_sglang_omni_session_protocol_against_tts_serve(piper_server, tmp_path):
+    """`--protocol sglang-omni` drives sglang-omni's streaming session (here served by tts-serve):
+    the same figures per reply, the server's own first audio from its `session` endpoint."""
+    loose = tmp_path / "loose.yaml"
+    loose.write_text("first_audio_p95_ms: 60000\nrtf_p95: 20\nmax_underrun_rate: 1\nmax_errors: 0\n")
+    out = tmp_path / "session"
+    assert _loadtest(piper_server, out, loose, "--protocol", "sglang-omni") == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["scenario"]["protocol"] == "sglang-omni" and doc["target"] == "sglang-omni speech sessions"
+    for lv in doc["levels"]:
+        assert lv["errors"] == 0 and lv["ok_replies"] == lv["concurrency"] and lv["audio_s"] > 0
+        assert lv["server_first_audio_ms"]["n"] >= lv["concurrency"]
+    for r in doc["replies"]:
+        assert 0 < r["first_audio_ms"] <= r["done_ms"] and r["segments"] >= 1
