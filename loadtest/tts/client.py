@@ -23,7 +23,8 @@ import asyncio
 import contextlib
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from pydantic import TypeAdapter, ValidationError
@@ -43,6 +44,7 @@ from agent_runtime.tts_service.protocol import (
 )
 
 _SERVER = TypeAdapter(ServerMessage)
+T = TypeVar("T")
 
 
 class StreamError(Exception):
@@ -91,6 +93,76 @@ async def _recv(ws: aiohttp.ClientWebSocketResponse, timeout: float) -> Any:
         raise StreamError("protocol", str(exc).splitlines()[0]) from None
 
 
+class _Reply:
+    """One reply in flight on either protocol: its text sent at the LLM's pace (each of `messages`
+    `step` s after the previous, then `end`), its audio tallied, its figures."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, messages: list[str], end: str, *, step: float,
+                 timeout_s: float, done: str) -> None:
+        self.ws = ws
+        self.t_first = time.monotonic()
+        self.t_flush: float | None = None
+        self.deadline = self.t_first + timeout_s
+        self.no_done = f"no {done} within {timeout_s:g} s"
+        self.player = Player()
+        self.first_audio: float | None = None
+        self.audio_s = 0.0
+        self.chunks = 0
+        self.sender = asyncio.create_task(self._send(messages, end, step))
+
+    async def _send(self, messages: list[str], end: str, step: float) -> None:
+        for i, message in enumerate(messages):
+            await asyncio.sleep(max(0.0, self.t_first + i * step - time.monotonic()))
+            await self.ws.send_str(message)
+        await self.ws.send_str(end)
+        self.t_flush = time.monotonic()
+
+    async def next(self, recv: Callable[[aiohttp.ClientWebSocketResponse, float], Awaitable[T]]) -> T:
+        """The next message (`recv(ws, seconds left)`), or StreamError past the deadline or when
+        sending the text failed."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise StreamError("timeout", self.no_done)
+        try:
+            m = await recv(self.ws, left)
+        except TimeoutError:
+            raise StreamError("timeout", self.no_done) from None
+        if self.sender.done() and self.sender.exception() is not None:
+            raise StreamError("connection_lost", f"sending text failed: {self.sender.exception()}")
+        return m
+
+    def audio(self, seconds: float) -> None:
+        if seconds > 0:
+            now = time.monotonic()
+            self.first_audio = now if self.first_audio is None else self.first_audio
+            self.player.arrive(now, seconds)
+            self.audio_s += seconds
+            self.chunks += 1
+
+    async def stop_sending(self) -> None:
+        if not self.sender.done():
+            self.sender.cancel()
+        with contextlib.suppress(BaseException):
+            await self.sender
+
+    def figures(self, segments: int, what: str) -> dict[str, Any]:
+        """The reply's figures (times in ms), now that `what` (its last message) arrived."""
+        t_done = time.monotonic()
+        if self.first_audio is None or self.audio_s <= 0:
+            raise StreamError("no_audio", f"{what} without any audio")
+        return {
+            "first_audio_ms": round((self.first_audio - self.t_first) * 1000, 1),
+            "rtf": round((t_done - self.t_first) / self.audio_s, 4),
+            "text_ms": round(((self.t_flush or t_done) - self.t_first) * 1000, 1),
+            "done_ms": round((t_done - self.t_first) * 1000, 1),
+            "audio_s": round(self.audio_s, 3),
+            "chunks": self.chunks,
+            "segments": segments,
+            "underruns": self.player.underruns,
+            "underrun_ms": round(self.player.underrun_s * 1000, 1),
+        }
+
+
 async def one_reply(ws: aiohttp.ClientWebSocketResponse, text: str, *, chars_per_s: float, delta_chars: int,
                     first_token_ms: int, timeout_s: float, voice: str | None = None) -> dict[str, Any]:
     """Speak one reply on an open socket; the figures (times in ms) or raise StreamError."""
@@ -102,74 +174,26 @@ async def one_reply(ws: aiohttp.ClientWebSocketResponse, text: str, *, chars_per
     if not isinstance(m, StartedMessage):
         raise StreamError("protocol", f"expected started, got {m.type}")
     await asyncio.sleep(first_token_ms / 1000)
-    parts = deltas(text, delta_chars)
-    step = delta_chars / chars_per_s
-    t_first = time.monotonic()
-    t_flush: list[float] = []
-
-    async def send() -> None:
-        for i, part in enumerate(parts):
-            await asyncio.sleep(max(0.0, t_first + i * step - time.monotonic()))
-            await ws.send_str(TextMessage(type="text", text=part).model_dump_json())
-        await ws.send_str(FlushMessage(type="flush").model_dump_json())
-        t_flush.append(time.monotonic())
-
-    sender = asyncio.create_task(send())
-    player = Player()
-    first_audio: float | None = None
-    audio_s = 0.0
-    chunks = 0
-    deadline = t_first + timeout_s
+    texts = [TextMessage(type="text", text=part).model_dump_json() for part in deltas(text, delta_chars)]
+    reply = _Reply(ws, texts, FlushMessage(type="flush").model_dump_json(), step=delta_chars / chars_per_s,
+                   timeout_s=timeout_s, done="done")
     try:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise StreamError("timeout", f"no done within {timeout_s:g} s")
-            try:
-                m = await _recv(ws, left)
-            except TimeoutError:
-                raise StreamError("timeout", f"no done within {timeout_s:g} s") from None
-            now = time.monotonic()
-            if sender.done() and sender.exception() is not None:
-                raise StreamError("connection_lost", f"sending text failed: {sender.exception()}")
+            m = await reply.next(_recv)
             if isinstance(m, AudioMessage):
                 try:
                     pcm = decode_pcm(m.audio)
                 except ValueError as exc:
                     raise StreamError("protocol", f"bad audio: {exc}") from None
-                if len(pcm):
-                    dur = len(pcm) / m.sample_rate
-                    if first_audio is None:
-                        first_audio = now
-                    player.arrive(now, dur)
-                    audio_s += dur
-                    chunks += 1
+                reply.audio(len(pcm) / m.sample_rate)
             elif isinstance(m, DoneMessage):
-                t_done = now
-                segments = m.segments
-                break
+                return reply.figures(m.segments, "done")
             elif isinstance(m, ErrorMessage):
                 raise StreamError(m.code, m.message)
             else:
                 raise StreamError("protocol", f"unexpected {m.type} mid-stream")
     finally:
-        if not sender.done():
-            sender.cancel()
-        with contextlib.suppress(BaseException):
-            await sender
-    if first_audio is None or audio_s <= 0:
-        raise StreamError("no_audio", "done without any audio")
-    return {
-        "first_audio_ms": round((first_audio - t_first) * 1000, 1),
-        "rtf": round((t_done - t_first) / audio_s, 4),
-        "text_ms": round(((t_flush[0] if t_flush else t_done) - t_first) * 1000, 1),
-        "done_ms": round((t_done - t_first) * 1000, 1),
-        "audio_s": round(audio_s, 3),
-        "chunks": chunks,
-        "segments": segments,
-        "underruns": player.underruns,
-        "underrun_ms": round(player.underrun_s * 1000, 1),
-    }
+        await reply.stop_sending()
 
 
 # sglang-omni's error event `code` (an HTTP status) as the harness's error codes
@@ -226,48 +250,19 @@ async def _session(ws: aiohttp.ClientWebSocketResponse, text: str, *, chars_per_
     if not isinstance(configured, dict) or configured["type"] != "session.configured":
         raise StreamError("protocol", "expected session.configured")
     await asyncio.sleep(first_token_ms / 1000)
-    parts = deltas(text, delta_chars)
-    step = delta_chars / chars_per_s
-    t_first = time.monotonic()
-    t_flush: list[float] = []
-
-    async def send() -> None:
-        for i, part in enumerate(parts):
-            await asyncio.sleep(max(0.0, t_first + i * step - time.monotonic()))
-            await ws.send_str(json.dumps({"type": "input.text", "text": part}))
-        await ws.send_str(json.dumps({"type": "input.done"}))
-        t_flush.append(time.monotonic())
-
-    sender = asyncio.create_task(send())
-    player = Player()
-    first_audio: float | None = None
-    audio_s = 0.0
-    chunks = 0
+    texts = [json.dumps({"type": "input.text", "text": part}) for part in deltas(text, delta_chars)]
+    reply = _Reply(ws, texts, json.dumps({"type": "input.done"}), step=delta_chars / chars_per_s,
+                   timeout_s=timeout_s, done="session.done")
     rate: int | None = None
-    deadline = t_first + timeout_s
     try:
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise StreamError("timeout", f"no session.done within {timeout_s:g} s")
-            try:
-                event = await _session_event(ws, left)
-            except TimeoutError:
-                raise StreamError("timeout", f"no session.done within {timeout_s:g} s") from None
-            now = time.monotonic()
-            if sender.done() and sender.exception() is not None:
-                raise StreamError("connection_lost", f"sending text failed: {sender.exception()}")
+            event = await reply.next(_session_event)
             if isinstance(event, bytes):
                 if rate is None:
                     raise StreamError("protocol", "audio before audio.start")
                 if len(event) % 2:
                     raise StreamError("protocol", "PCM frame with an odd number of bytes")
-                if event:
-                    dur = len(event) / 2 / rate
-                    first_audio = now if first_audio is None else first_audio
-                    player.arrive(now, dur)
-                    audio_s += dur
-                    chunks += 1
+                reply.audio(len(event) / 2 / rate)
             elif event["type"] == "audio.start":
                 rate = int(event.get("sample_rate") or 0) or None
                 if rate is None:
@@ -276,25 +271,8 @@ async def _session(ws: aiohttp.ClientWebSocketResponse, text: str, *, chars_per_
                 if event.get("error"):
                     raise StreamError("engine_error", f"sentence {event.get('sentence_index')} failed")
             elif event["type"] == "session.done":
-                t_done, segments = now, int(event.get("total_sentences", 0))
-                break
+                return reply.figures(int(event.get("total_sentences", 0)), "session.done")
             else:
                 raise StreamError("protocol", f"unexpected {event['type']} mid-session")
     finally:
-        if not sender.done():
-            sender.cancel()
-        with contextlib.suppress(BaseException):
-            await sender
-    if first_audio is None or audio_s <= 0:
-        raise StreamError("no_audio", "session.done without any audio")
-    return {
-        "first_audio_ms": round((first_audio - t_first) * 1000, 1),
-        "rtf": round((t_done - t_first) / audio_s, 4),
-        "text_ms": round(((t_flush[0] if t_flush else t_done) - t_first) * 1000, 1),
-        "done_ms": round((t_done - t_first) * 1000, 1),
-        "audio_s": round(audio_s, 3),
-        "chunks": chunks,
-        "segments": segments,
-        "underruns": player.underruns,
-        "underrun_ms": round(player.underrun_s * 1000, 1),
-    }
+        await reply.stop_sending()
