@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from agent_runtime.errors import ConfigError
 from agent_runtime.tts.s2pro.engine import MIN_PREFILL_ROWS, S2ProEngine
@@ -483,3 +484,43 @@ def test_prefill_many_equals_one_prefill_per_slot(engine: S2ProEngine) -> None:
     torch.testing.assert_close(torch.stack(frames[1]), torch.stack(frames[0]), rtol=0, atol=0)
     with pytest.raises(ValueError, match="one chunk per slot"):
         many.prefill_many([PrefillChunk(0, prompts[0][:, :16], 0, False)] * 2)
+
+
+_ATEN = torch.ops.aten
+# ops that read a weight whole (linear layers, norms); embedding lookups read rows only
+_WEIGHT_OPS = frozenset({_ATEN.linear.default, _ATEN.mm.default, _ATEN.addmm.default, _ATEN.bmm.default,
+                         _ATEN.mul.Tensor, _ATEN.rms_norm.default})  # fmt: skip
+
+
+class _WeightReads(TorchDispatchMode):
+    """Sums the bytes of parameter tensors (or views of them) that weight-reading ops take as
+    inputs: what a step reads of the weights."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in _WEIGHT_OPS:
+            for a in args:
+                if isinstance(a, Tensor) and a.untyped_storage().data_ptr() in self.storages:
+                    self.bytes += a.numel() * a.element_size()
+        return func(*args, **(kwargs or {}))
+
+
+def test_step_read_bytes_is_what_a_batch_one_step_reads(engine: S2ProEngine) -> None:
+    """`step_read_bytes` (bench-serve's read floor) equals the weight bytes an eager batch-1 step
+    hands to its matmuls and norms, the fast AR's weights once per codebook position."""
+    decoder = make_decoder(engine)
+    slot = decoder.join(SlotSampling(P1, seed=1))
+    decoder.prefill(slot, engine.builder.build(TEXT, None), 0, last=True)
+    decoder.begin_segment(slot, 4)
+    decoder.step()  # the first step of a segment: the same weights, but warm everything up first
+    reads = _WeightReads(engine.model)
+    with reads:
+        decoder.step()
+    expected = decoder.step_read_bytes()
+    fast = sum(p.numel() * p.element_size() for p in engine.model.fast_layers.parameters())
+    assert expected > engine.cfg.num_codebooks * fast  # the fast layers counted once per codebook
+    assert reads.bytes == expected

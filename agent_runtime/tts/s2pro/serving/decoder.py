@@ -294,6 +294,23 @@ class PooledDecoder:
         """How many slots of `max_len` positions fit in `free_bytes` (the scratch slot counted)."""
         return max(0, free_bytes // cls.slot_bytes(cfg, max_len, dtype) - 1)
 
+    def step_read_bytes(self) -> int:
+        """Weight bytes one step reads at batch 1 (K/V and embedding rows not counted): the slow
+        layers, final norm and head window once; the fast layers once per codebook position (N
+        positions in sequence, each reading them again; position 0, whose logits are unused, stops
+        after the last layer's K/V) and the fast norm and head N - 1 times. For S2-Pro that is 1.69x
+        its weights: what one stream's frame costs at the memory bound (bench-serve's read floor)."""
+        model, n = self.model, self.cfg.num_codebooks
+
+        def size(*modules: torch.nn.Module) -> int:
+            return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+        slow = size(*model.layers, model.norm, model.fast_project_in) + self.head_w.numel() * self.head_w.element_size()
+        last = model.fast_layers[-1]
+        position_0 = size(*model.fast_layers) - size(last.attention.wo, last.feed_forward, last.ffn_norm)
+        later = (n - 1) * size(*model.fast_layers, model.fast_norm, model.fast_output)
+        return slow + position_0 + later
+
     def memory_bytes(self) -> int:
         """Device bytes the pool holds (K/V, fast K/V, slot state, step buffers)."""
         tensors = [*self.k, *self.v, *(kv.k for kv in self.fast_kv), *(kv.v for kv in self.fast_kv)]
