@@ -28,7 +28,7 @@ from tests.tts_service.conftest import (
 REPLY = "Hello there, how are you today? We open at nine."
 OPTIONS = {
     "checkpoint": "tests/fixtures/s2pro/tiny", "codec": "tests/fixtures/s2pro/codec_tiny.pth",
-    "codec_config": "tests/fixtures/s2pro/codec_tiny.json", "seed": 7,
+    "codec_config": "tests/fixtures/s2pro/codec_tiny.json", "seed": 7, "threads": 1,
 }
 CONFIG = f"""tts:
   engine: s2pro
@@ -37,6 +37,7 @@ CONFIG = f"""tts:
     codec: {REPO_ROOT}/tests/fixtures/s2pro/codec_tiny.pth
     codec_config: {REPO_ROOT}/tests/fixtures/s2pro/codec_tiny.json
     seed: 7
+    threads: 1
 """
 
 
@@ -50,7 +51,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def s2pro():
-    opts = {k: str(REPO_ROOT / v) if k != "seed" else v for k, v in OPTIONS.items()}
+    opts = {k: str(REPO_ROOT / v) if isinstance(v, str) else v for k, v in OPTIONS.items()}
     synth = create_synthesizer("s2pro", opts)
     synth.warmup()
     yield synth

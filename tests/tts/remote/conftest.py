@@ -32,6 +32,7 @@ S2PRO_OPTIONS = {
     "codec": "tests/fixtures/s2pro/codec_tiny.pth",
     "codec_config": "tests/fixtures/s2pro/codec_tiny.json",
     "seed": 7,
+    "threads": 1,  # the model thread's count (module-scoped synthesizers are built before _one_thread runs)
 }
 S2PRO_TTS = {"engine": "s2pro", "options": S2PRO_OPTIONS}
 
