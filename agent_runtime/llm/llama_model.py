@@ -65,9 +65,10 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor, prefill: bool = False) -> torch.Tensor:
         """`prefill`: x is (part of) a prompt, multiplied by the prefill copy if there is one, in
-        `PREFILL_BLOCK`-row calls (so a row's result does not depend on how the prompt was chunked:
-        a one-token re-feed of a cached prompt gives what the full prompt gave). Otherwise one-row
-        inputs take the decode copies."""
+        `PREFILL_BLOCK`-row calls (so a row's linears do not depend on how the prompt was chunked;
+        attention still may, on CPUs whose fp32 GEMMs pick kernels by row count: LocalLM returns a
+        restarted prompt's stored logits rather than re-feeding it). Otherwise one-row inputs take
+        the decode copies."""
         if prefill:
             if self.prefill_weight is not None:
                 return blocked_linear(x, self.prefill_weight)

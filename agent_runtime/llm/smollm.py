@@ -95,6 +95,7 @@ class LocalLM:
         self.stop_ids = frozenset({tokenizer.eos_id, self.template.im_end, tokenizer.token_id("<|endoftext|>")})
         self.stats = LoadStats(load_seconds, path, sum(p.numel() for p in model.parameters()))
         self._cached: list[int] = []  # tokens whose K/V are in the cache, in order
+        self._prompt_logits: tuple[int, torch.Tensor] | None = None  # (n, logits after the first n cached)
         self.last_prefill: tuple[int, int, float] = (0, 0, 0.0)  # (reused, prefilled, seconds)
         self._int4: dict[Linear, Int4Weight] | None = None  # the checkpoint's 4-bit blocks, once read
 
@@ -194,17 +195,28 @@ class LocalLM:
 
     def reset_cache(self) -> None:
         self._cached = []
+        self._prompt_logits = None
 
     @torch.inference_mode()
     def prefill(self, prompt: Sequence[int], should_stop: Callable[[], bool] | None = None) -> torch.Tensor | None:
         """Bring the KV cache to `prompt`, feeding only what differs from the cached prefix.
 
         Returns the logits after the last prompt token, or None if `should_stop()` interrupted it.
+        A prompt that is the last one prefilled (a reply restarted, e.g. after a speculative start)
+        returns that prefill's logits again: re-feeding its last token would give other bits (a
+        one-row call picks other CPU kernels than the prompt's), and so another reply.
         """
         prompt = list(prompt)
-        reuse = min(_common_prefix(self._cached, prompt), len(prompt) - 1)  # feed >= 1 token for logits
         t0 = time.perf_counter()
+        common = _common_prefix(self._cached, prompt)
+        if common == len(prompt) and self._prompt_logits is not None and self._prompt_logits[0] == len(prompt):
+            del self._cached[common:]
+            self.last_prefill = (common, 0, time.perf_counter() - t0)
+            return self._prompt_logits[1].clone()
+        reuse = min(common, len(prompt) - 1)  # feed >= 1 token for logits
         del self._cached[reuse:]
+        if self._prompt_logits is not None and self._prompt_logits[0] > reuse:
+            self._prompt_logits = None
         logits = None
         for pos in range(reuse, len(prompt), PREFILL_CHUNK):  # chunked so a cancel lands quickly
             chunk = prompt[pos : pos + PREFILL_CHUNK]
@@ -212,6 +224,8 @@ class LocalLM:
             self._cached += chunk
             if should_stop is not None and should_stop():
                 return None
+        if logits is not None:
+            self._prompt_logits = (len(prompt), logits.clone())
         self.last_prefill = (reuse, len(prompt) - reuse, time.perf_counter() - t0)
         return logits
 

@@ -209,29 +209,38 @@ def test_bf16_prefill_tracks_fp32(local_lm: LocalLM, on_worker: Callable[..., An
     assert (ref - half).abs().max().item() < 0.05 * ref.abs().max().item()
 
 
-def test_a_cached_prompt_re_fed_gives_the_same_logits(local_lm: LocalLM, on_worker: Callable[..., Any]) -> None:
-    """The next turn of a call re-feeds the last prompt token over the cached prefix: with bf16 prefill
-    and int4 decode copies loaded, that token still goes through the prefill weights in a full
-    `PREFILL_BLOCK`-row call, so its logits are bit-identical to the full prompt's (a reply does
-    not change because its prompt was cached)."""
+@pytest.mark.parametrize("prefill_dtype", ["float32", "bfloat16"])
+def test_a_cached_prompt_gives_the_same_logits(
+    local_lm: LocalLM, on_worker: Callable[..., Any], prefill_dtype: str
+) -> None:
+    """A reply restarted on the same prompt (its K/V cached, then a few reply tokens after it) gets
+    the logits the prompt's prefill gave, bit for bit, with any prefill and decode copies (a reply
+    must not change because its prompt was cached; re-feeding the last token would differ in the
+    last bits on CPUs whose GEMM kernels depend on the row count). A prompt that only shares a
+    prefix is fed from where it differs."""
     ids = local_lm.template.encode(FRANCE)
 
-    def twice() -> tuple[torch.Tensor, torch.Tensor, tuple[int, int, float]]:
-        local_lm.use_prefill_dtype("bfloat16")
+    def run() -> list[Any]:
+        local_lm.use_prefill_dtype(prefill_dtype)
         local_lm.use_decode_dtype("int4" if int4_supported() else "bfloat16")
         local_lm.reset_cache()
         full = local_lm.prefill(ids)
+        reply = list(local_lm.generate(ids, 3))  # the prompt again, then three tokens after it
+        assert local_lm.last_prefill[:2] == (len(ids), 0)
         again = local_lm.prefill(ids)
-        return full, again, local_lm.last_prefill  # type: ignore[return-value]
+        reused_again = local_lm.last_prefill[:2]
+        longer = local_lm.prefill([*ids, reply[0]])
+        return [full, reply, again, reused_again, longer, local_lm.last_prefill[:2]]
 
     try:
-        full, again, (reused, fed, _) = on_worker(twice)
+        full, reply, again, reused_again, longer, reused_longer = on_worker(run)
     finally:
         local_lm.use_prefill_dtype("float32")
         local_lm.use_decode_dtype("float16")
         local_lm.reset_cache()
-    assert (reused, fed) == (len(ids) - 1, 1)
+    assert len(reply) == 3 and reused_again == (len(ids), 0)
     assert torch.equal(full, again)
+    assert reused_longer == (len(ids), 1) and not torch.equal(longer, full)
 
 
 def test_blocked_prefill_rows_do_not_depend_on_the_chunk() -> None:
