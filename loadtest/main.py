@@ -157,6 +157,10 @@ def run(args: argparse.Namespace) -> int:
             raise ScenarioError("give --url URL of a running server, or --start-server")
         if args.instant_engines and not args.start_server:
             raise ScenarioError("--instant-engines needs --start-server")
+        if args.compare_pipecat:
+            from loadtest.server import require_pipecat
+
+            require_pipecat()  # now, not after the agent-runtime half has run for minutes
         audio = prepare(scenario)
         from agent_runtime.transport.webrtc import use_loopback_host_candidates
 

@@ -137,12 +137,18 @@ def pipecat_python() -> Path:
     return REPO / ".venv-pipecat" / "bin" / "python"
 
 
+def require_pipecat() -> Path:
+    """The Pipecat venv's python, or ServerStartError saying how to make it (checked before any run)."""
+    py = pipecat_python()
+    if not py.exists():
+        raise ServerStartError(f"no {py.parent.parent.name}: run bash loadtest/peers/setup_pipecat.sh first")
+    return py
+
+
 async def start_pipecat(llm_url: str, *, system_prompt: str, max_tokens: int, stop_secs: float,
                         max_calls: int, timeout: float = 180.0) -> Proc:
     """The Pipecat bot (loadtest/peers/pipecat_bot.py) in .venv-pipecat, configured like the runtime."""
-    py = pipecat_python()
-    if not py.exists():
-        raise ServerStartError("no .venv-pipecat: run bash loadtest/peers/setup_pipecat.sh first")
+    py = require_pipecat()
     argv = [str(py), str(REPO / "loadtest" / "peers" / "pipecat_bot.py"), "--port", str(free_port()),
             "--llm-url", llm_url + "/v1", "--system-prompt", system_prompt, "--max-tokens", str(max_tokens),
             "--stop-secs", str(stop_secs), "--max-calls", str(max_calls)]

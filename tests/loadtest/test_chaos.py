@@ -183,3 +183,23 @@ def test_a_weak_server_is_caught(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert {"no_legit_call_lost", "llm_faults_handled"} <= set(doc["verdict"]["failed"])
     assert "CHAOS: FAILED" in proc.stdout
+
+
+def test_compare_pipecat_without_its_venv_stops_before_any_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing .venv-pipecat is reported at once, not after the agent-runtime half ran for minutes."""
+    from agent_runtime.cli import build_parser
+    from loadtest import server as srv
+
+    monkeypatch.setattr(srv, "pipecat_python", lambda: tmp_path / ".venv-pipecat" / "bin" / "python")
+
+    async def no_server(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a server was started")
+
+    monkeypatch.setattr(srv, "start_llm_server", no_server)
+    monkeypatch.setattr(srv, "start_runtime", no_server)
+    args = build_parser().parse_args(["loadtest", "--compare-pipecat", "--scenario",
+                                      str(REPO_ROOT / "configs/scenarios/compare-v2v.yaml"), "--out", str(tmp_path)])
+    assert args.func(args) == 2
+    assert "no .venv-pipecat: run bash loadtest/peers/setup_pipecat.sh first" in capsys.readouterr().err
