@@ -184,9 +184,11 @@ class Bench:
         print(f"[bench-serve] drawing random weights of the {args.preset} shapes on {args.device} ({args.dtype}) ...",
               flush=True)  # fmt: skip
         self.model = random_model(ns, self.dtype)
+        from agent_runtime.tts.s2pro.serving.decoder import PooledDecoder, parameter_bytes
+
         self.shapes = shapes
         self.cuda = self.model.device.type == "cuda"
-        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.model.parameters())
+        self.weight_bytes = parameter_bytes(self.model)
         tok = SyntheticTokenizer(self.model.cfg.semantic_begin_id, shapes["codebook_size"])
         ladder = [c for c in args.concurrency if c != "max"]
         try:
@@ -195,8 +197,6 @@ class Bench:
             raise AgentRuntimeError(f"--concurrency takes integers and 'max'; got {args.concurrency}") from None
         if any(n < 1 for n in numeric):
             raise AgentRuntimeError("--concurrency values must be >= 1")
-        from agent_runtime.tts.s2pro.serving.decoder import PooledDecoder
-
         self.fits = self._fits(PooledDecoder)
         max_streams = args.max_streams or (min(self.fits, 256) if self.cuda else max(numeric or [1]))
         if max_streams < 1:

@@ -76,6 +76,11 @@ def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def parameter_bytes(*modules: torch.nn.Module) -> int:
+    """Bytes of the modules' parameters."""
+    return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
+
+
 def flex_by_default(device: torch.device) -> bool:
     """Whether attention "auto" picks flex attention (compiled) on `device`: on CUDA."""
     return device.type == "cuda"
@@ -300,11 +305,7 @@ class PooledDecoder:
         positions in sequence, each reading them again; position 0, whose logits are unused, stops
         after the last layer's K/V) and the fast norm and head N - 1 times. For S2-Pro that is 1.69x
         its weights: what one stream's frame costs at the memory bound (bench-serve's read floor)."""
-        model, n = self.model, self.cfg.num_codebooks
-
-        def size(*modules: torch.nn.Module) -> int:
-            return sum(p.numel() * p.element_size() for m in modules for p in m.parameters())
-
+        model, n, size = self.model, self.cfg.num_codebooks, parameter_bytes
         slow = size(*model.layers, model.norm, model.fast_project_in) + self.head_w.numel() * self.head_w.element_size()
         last = model.fast_layers[-1]
         position_0 = size(*model.fast_layers) - size(last.attention.wo, last.feed_forward, last.ffn_norm)
