@@ -1,8 +1,13 @@
 """Piper (VITS on onnxruntime) as the embedded streaming TTS engine.
 
 The chunker hands us one segment at a time (the first clause, then sentences); piper phonemizes it
-with espeak-ng, splits it into sentences and runs one ONNX inference per sentence. Each sentence's
-audio is yielded as soon as it exists, and `cancel()` is honoured before every inference.
+with espeak-ng and splits it into sentences. A sentence runs through the voice graph cut in two
+(`piper_split.py`): the text part once, then the decoder chunk by chunk, so its first 0.28 s of
+audio is yielded after 60-170 ms instead of after the whole sentence (70-500 ms for 0.5-5 s of audio
+on one core; `python -m agent_runtime.bench.piper_stream`).
+`cancel()` is honoured before every decoder run. Streamed audio cannot be peak-normalised per
+sentence as piper does (the peak is not known until the end): it gets one gain for the voice,
+measured on a calibration sentence. `stream_first_frames: 0` restores piper's whole-sentence path.
 
 One inference's memory grows with its sentence (about 1 MB per character of text without
 punctuation), so input longer than `max_input_chars` is first split at word boundaries
@@ -35,6 +40,7 @@ from agent_runtime.cores import half_the_cores
 from agent_runtime.errors import ConfigError, ModelLoadError
 from agent_runtime.tts.base import SpeechOptions, UnsupportedSpeechOption, UtteranceSynth
 from agent_runtime.tts.chunker import ChunkerConfig, split_text
+from agent_runtime.tts.piper_split import LARGEST_CHUNK_FRAMES, SplitVoice, load_split_graph
 from agent_runtime.tts.stream import ChunkedSynthesizer
 
 __all__ = ["PiperSynthesizer", "clean_text_for_piper", "resolve_piper_voice"]
@@ -56,6 +62,11 @@ _TITLES = {"dr": "Doctor", "mr": "Mister", "mrs": "Missus", "ms": "Miz", "prof":
 _TITLE = re.compile(r"\b(Dr|Mr|Mrs|Ms|Prof)\.(?=\s)", re.IGNORECASE)
 _PHONEMES = re.compile(r"\[\[[^\[\]]*\]\]")  # piper's inline "[[ phonemes ]]", kept whole when splitting
 DEFAULT_MAX_INPUT_CHARS = 300
+DEFAULT_STREAM_FIRST_FRAMES = 24  # 0.28 s of audio at 22.05 kHz (256 samples a frame)
+CALIBRATION_TEXT = "Thank you for calling. How can I help you today?"
+STREAM_TARGET_PEAK = 0.7
+"""Streamed audio is scaled so the calibration sentence peaks here: the loudest of 36 test sentences
+(12 texts, 3 draws of the voice's noise) then peak at 0.94, the quietest at 0.57 (1 clips)."""
 # Per-stream `SpeechOptions` piper honours (see `PiperSynthesizer.open_utterance_for`).
 SPEECH_OPTIONS = frozenset({"voice", "speed"})
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
@@ -90,6 +101,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         use_cuda: bool = False,
         chunker_config: ChunkerConfig | dict[str, Any] | None = None,
         max_input_chars: int = DEFAULT_MAX_INPUT_CHARS,
+        stream_first_frames: int = DEFAULT_STREAM_FIRST_FRAMES,
     ) -> None:
         """Load a voice (blocking, about 1 s).
 
@@ -101,6 +113,10 @@ class PiperSynthesizer(ChunkedSynthesizer):
         keep a core instead of oversubscribing them; 0: onnxruntime's default, all cores). `chunker_config` (a ChunkerConfig or its fields) tunes segmenting.
         `max_input_chars`: longer text (after markup removal) is spoken as pieces of at most this
         many characters, cut at word boundaries (bounds the memory of one inference).
+        `stream_first_frames`: latent frames in a sentence's first audio chunk (256 samples each
+        for the 22.05 kHz voices: 24 = 0.28 s); later chunks double up to ~3 s. 0 decodes each
+        sentence whole and peak-normalises it, as piper does (also the fallback for a voice graph
+        that cannot be cut).
         """
         if speed is not None and length_scale is not None:
             raise ConfigError("piper: give either speed or length_scale, not both")
@@ -110,12 +126,19 @@ class PiperSynthesizer(ChunkedSynthesizer):
             length_scale = 1.0 / speed
         if not isinstance(max_input_chars, int) or max_input_chars < 20:
             raise ConfigError(f"piper: max_input_chars must be an integer >= 20, got {max_input_chars!r}")
+        if isinstance(stream_first_frames, bool) or not isinstance(stream_first_frames, int) or not 0 <= stream_first_frames <= LARGEST_CHUNK_FRAMES:
+            raise ConfigError(f"piper: stream_first_frames must be an integer from 0 to {LARGEST_CHUNK_FRAMES}, got {stream_first_frames!r}")
         self.max_input_chars = max_input_chars
+        self.stream_first_frames = stream_first_frames
         self.model_path, self.config_path = resolve_piper_voice(voice, config_path)
         started = time.perf_counter()
         if threads is None:
             threads = half_the_cores()
-        self.voice = _load_voice(self.model_path, self.config_path, threads=threads, use_cuda=use_cuda)
+        self.voice, self.split = _load_voice(
+            self.model_path, self.config_path, threads=threads, use_cuda=use_cuda, stream=stream_first_frames > 0
+        )
+        self._stream_gain: float | None = None
+        self._gain_lock = threading.Lock()
         self.load_seconds = time.perf_counter() - started
         self.sample_rate = int(self.voice.config.sample_rate)
         from piper import SynthesisConfig
@@ -183,10 +206,32 @@ class PiperSynthesizer(ChunkedSynthesizer):
         names = ", ".join(sorted(ids)) if ids else f"ids 0..{int(cfg.num_speakers) - 1}"
         raise UnsupportedSpeechOption("voice", f"piper voice {self.model_path.stem} has no speaker {voice!r} (has: {names})")
 
+    @property
+    def streams_sentences(self) -> bool:
+        """Whether a sentence's audio comes chunk by chunk (else one block per sentence)."""
+        return self.split is not None
+
     def warmup(self) -> None:
-        """One short synthesis: loads espeak-ng data and primes onnxruntime."""
+        """One short synthesis: loads espeak-ng data, primes onnxruntime and measures the stream gain."""
+        self.stream_gain()
         for _ in PiperUtterance(self).synthesize("Hello there."):
             pass
+
+    def stream_gain(self) -> float:
+        """The voice's gain for streamed audio: `STREAM_TARGET_PEAK` over the raw peak of
+        `CALIBRATION_TEXT` spoken without noise (measured once, about 0.1-0.2 s)."""
+        with self._gain_lock:
+            if self._stream_gain is None:
+                self._stream_gain = 1.0
+                if self.split is not None:
+                    calm = replace(self.syn_config, noise_scale=0.0, noise_w_scale=0.0, length_scale=None)
+                    peak = 0.0
+                    for phonemes in self.voice.phonemize(CALIBRATION_TEXT):
+                        feeds = _model_inputs(self.voice.config, self.voice.phonemes_to_ids(phonemes), calm)
+                        for block in self.split.synthesize(feeds, LARGEST_CHUNK_FRAMES):
+                            peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
+                    self._stream_gain = STREAM_TARGET_PEAK / peak if peak >= 1e-4 else 1.0
+            return self._stream_gain
 
     def synthesize_text(self, text: str) -> np.ndarray:
         """All audio for `text` as float32 (blocking; for tools and tests)."""
@@ -215,15 +260,23 @@ class PiperUtterance(UtteranceSynth):
         text = clean_text_for_piper(text)
         if not text or self._cancelled.is_set():
             return
-        voice, cfg = self._engine.voice, self._config or self._engine.syn_config
-        for piece in split_text(text, self._engine.max_input_chars, _PHONEMES, ("[[",)):
+        engine = self._engine
+        voice, cfg = engine.voice, self._config or engine.syn_config
+        gain = (engine.stream_gain() if cfg.normalize_audio else 1.0) * cfg.volume
+        for piece in split_text(text, engine.max_input_chars, _PHONEMES, ("[[",)):
             for phonemes in voice.phonemize(piece):
                 if self._cancelled.is_set():
                     return
                 if not phonemes:
                     continue
-                audio = voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), cfg)
-                yield _finish(np.asarray(audio, dtype=np.float32), cfg.normalize_audio, cfg.volume)
+                ids = voice.phonemes_to_ids(phonemes)
+                if engine.split is None:
+                    audio = voice.phoneme_ids_to_audio(ids, cfg)
+                    yield _finish(np.asarray(audio, dtype=np.float32), cfg.normalize_audio, cfg.volume)
+                    continue
+                feeds = _model_inputs(voice.config, ids, cfg)
+                for block in engine.split.synthesize(feeds, engine.stream_first_frames, self._cancelled.is_set):
+                    yield np.clip(block * gain, -1.0, 1.0).astype(np.float32)
 
     def cancel(self) -> None:
         self._cancelled.set()
@@ -234,6 +287,22 @@ def clean_text_for_piper(text: str) -> str:
     titles ("Dr." -> "Doctor"), collapse spaces."""
     text = _TITLE.sub(lambda m: _TITLES[m.group(1).lower()], _INLINE_TAG.sub(" ", text))
     return " ".join(_MARKUP.sub(" ", text).split())
+
+
+def _model_inputs(config: Any, phoneme_ids: list[int], syn: Any) -> dict[str, np.ndarray]:
+    """The voice graph's inputs for one sentence, as piper's `phoneme_ids_to_audio` builds them."""
+    scales = [
+        config.noise_scale if syn.noise_scale is None else syn.noise_scale,
+        config.length_scale if syn.length_scale is None else syn.length_scale,
+        config.noise_w_scale if syn.noise_w_scale is None else syn.noise_w_scale,
+    ]
+    ids = np.asarray([phoneme_ids], dtype=np.int64)
+    feeds = {"input": ids, "input_lengths": np.asarray([ids.shape[1]], dtype=np.int64),
+             "scales": np.asarray(scales, dtype=np.float32)}  # fmt: skip
+    if int(config.num_speakers or 1) > 1:
+        speaker = config.default_speaker_id if syn.speaker_id is None else syn.speaker_id
+        feeds["sid"] = np.asarray([speaker], dtype=np.int64)
+    return feeds
 
 
 def _finish(audio: np.ndarray, normalize: bool, volume: float) -> np.ndarray:
@@ -283,7 +352,9 @@ def _packaged_voice(name: str) -> Path | None:
     return None
 
 
-def _load_voice(model: Path, config: Path, *, threads: int, use_cuda: bool) -> Any:
+def _load_voice(model: Path, config: Path, *, threads: int, use_cuda: bool, stream: bool) -> tuple[Any, SplitVoice | None]:
+    """The piper voice and, with `stream`, its graph cut for chunked decoding (None if it cannot be
+    cut). The voice's own session is then the front part: only `SplitVoice` runs it."""
     try:
         import onnxruntime
         from piper import PiperVoice
@@ -298,8 +369,13 @@ def _load_voice(model: Path, config: Path, *, threads: int, use_cuda: bool) -> A
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
-        session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
-    except Exception as exc:  # json, KeyError, onnxruntime errors
+        graph = load_split_graph(model) if stream else None
+        if graph is None:
+            session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=providers)
+            return PiperVoice(session=session, config=piper_config), None
+        front = onnxruntime.InferenceSession(graph.front, sess_options=options, providers=providers)
+        decoder = onnxruntime.InferenceSession(graph.decoder, sess_options=options, providers=providers)
+    except Exception as exc:  # json, KeyError, onnx and onnxruntime errors
         detail = (str(exc).strip().splitlines() or [""])[0]
         raise ModelLoadError(f"cannot load piper voice {model}: {type(exc).__name__}: {detail}") from None
-    return PiperVoice(session=session, config=piper_config)
+    return PiperVoice(session=front, config=piper_config), SplitVoice(graph, front, decoder)

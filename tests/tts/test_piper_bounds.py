@@ -26,6 +26,7 @@ def test_long_input_is_split_at_word_boundaries(piper: PiperSynthesizer, monkeyp
 
     monkeypatch.setattr(piper.voice, "phonemize", phonemize)
     monkeypatch.setattr(piper, "max_input_chars", 100)
+    monkeypatch.setattr(piper, "stream_first_frames", 10_000)  # a sentence in one block
     text = "[laugh] " + unpunctuated(1000)
     blocks = list(PiperUtterance(piper).synthesize(text))
     assert len(blocks) == 1 and len(blocks[0]) > 0
@@ -49,13 +50,14 @@ def test_split_input_sounds_like_the_whole(piper: PiperSynthesizer, monkeypatch:
     text = "one two three four five six seven eight nine ten eleven twelve"
     whole = piper.synthesize_text(text)
     monkeypatch.setattr(piper, "max_input_chars", 25)
+    monkeypatch.setattr(piper, "stream_first_frames", 10_000)  # a piece in one block
     pieces = list(PiperUtterance(piper).synthesize(text))
     assert len(pieces) == 3  # "one two three four five" / "six seven eight nine ten" / "eleven twelve"
     assert 0.8 < sum(len(p) for p in pieces) / len(whole) < 1.5
 
 
 def test_max_input_chars_option(piper: PiperSynthesizer, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(piper_engine, "_load_voice", lambda *a, **k: piper.voice)
+    monkeypatch.setattr(piper_engine, "_load_voice", lambda *a, **k: (piper.voice, piper.split))
     assert PiperSynthesizer.from_options(max_input_chars=120).max_input_chars == 120
     assert piper.max_input_chars == piper_engine.DEFAULT_MAX_INPUT_CHARS
     for bad in (5, "many"):

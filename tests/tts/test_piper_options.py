@@ -35,7 +35,7 @@ async def test_speed_option_halves_the_samples_for_this_stream_only(piper: Piper
 async def test_speed_option_equals_the_engine_configured_with_that_speed(
     piper: PiperSynthesizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(piper_engine, "_load_voice", lambda *a, **k: piper.voice)  # reuse the loaded voice
+    monkeypatch.setattr(piper_engine, "_load_voice", lambda *a, **k: (piper.voice, piper.split))  # reuse the loaded voice
     configured = PiperSynthesizer(speed=1.5, noise_scale=0.0, noise_w_scale=0.0)
     np.testing.assert_array_equal(await speak(piper, SpeechOptions(speed=1.5)), await speak(configured))
 
@@ -71,7 +71,7 @@ async def test_other_fields_are_refused(piper: PiperSynthesizer, options: Speech
 def test_voice_picks_a_speaker_of_a_multi_speaker_voice(piper: PiperSynthesizer, monkeypatch: pytest.MonkeyPatch) -> None:
     """A (faked) multi-speaker config: names and ids resolve to the speaker id of this utterance only."""
     config = dataclasses.replace(piper.voice.config, num_speakers=3, speaker_id_map={"amy": 0, "bob": 1, "cat": 2})
-    monkeypatch.setattr(piper_engine, "_load_voice", lambda *a, **k: SimpleNamespace(config=config))
+    monkeypatch.setattr(piper_engine, "_load_voice", lambda *a, **k: (SimpleNamespace(config=config), None))
     synth = PiperSynthesizer(speaker_id="amy")
     assert synth.open_utterance_for(SpeechOptions(voice="bob"))._config.speaker_id == 1  # type: ignore[attr-defined]
     assert synth.open_utterance_for(SpeechOptions(voice="2"))._config.speaker_id == 2  # type: ignore[attr-defined]
