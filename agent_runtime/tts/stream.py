@@ -14,12 +14,13 @@ import contextlib
 import threading
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 
 import numpy as np
 
 from agent_runtime.audio.frame import float_to_pcm16
+from agent_runtime.cores import ENGINE_LOAD
 from agent_runtime.tts.base import (
     AsyncUtteranceSynth,
     SpeechOptions,
@@ -31,6 +32,16 @@ from agent_runtime.tts.base import (
 from agent_runtime.tts.chunker import ChunkerConfig, TextChunker
 
 _END = object()
+
+
+def _busy_while_computing(blocks: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    """`blocks`, with the process's `ENGINE_LOAD` marked busy while each block is computed."""
+    while True:
+        with ENGINE_LOAD.busy():
+            block = next(blocks, None)
+        if block is None:
+            return
+        yield block
 
 
 class ChunkedSynthesizer(Synthesizer):
@@ -161,7 +172,7 @@ class StreamingSynthesisStream(SynthesisStream):
         """Runs in a worker thread: hand each audio block to the loop as soon as it exists."""
         assert self._utterance is not None
         rate = self._synth.sample_rate
-        for block in self._utterance.synthesize(text):
+        for block in _busy_while_computing(self._utterance.synthesize(text)):
             if self._cancelled.is_set():
                 return
             pcm = block if block.dtype == np.int16 else float_to_pcm16(block)
