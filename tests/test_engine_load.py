@@ -123,6 +123,9 @@ async def test_local_llm_uses_idle_cores_until_speech_computes() -> None:
     assert lm.threads == [2, 2, 1, 2]
 
 
-def test_idle_threads_is_never_below_threads() -> None:
+def test_idle_threads_is_off_by_default_and_never_below_threads() -> None:
+    backend = LocalLLMBackend(lm=object(), threads=1)  # type: ignore[arg-type]
+    assert (backend.threads, backend.idle_threads) == (1, 1)
     backend = LocalLLMBackend(lm=object(), threads=2, idle_threads=1)  # type: ignore[arg-type]
     assert (backend.threads, backend.idle_threads) == (2, 2)
+    assert LocalLLMBackend.from_options(threads=1, idle_threads=3).idle_threads == 3

@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     backend = LocalLLMBackend(
         model_path=path, max_context=args.max_context, threads=args.threads, decode_dtype=args.decode_dtype,
         prefill_dtype=args.prefill_dtype,
-        idle_threads=args.threads or 1,  # the engines it would yield cores to live in other processes: never more
     )
     try:
         asyncio.run(serve(backend, model_id, args.host, args.port))

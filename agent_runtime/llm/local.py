@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent_runtime.cores import ENGINE_LOAD, half_the_cores, usable_cores
+from agent_runtime.cores import ENGINE_LOAD, half_the_cores
 from agent_runtime.errors import AgentRuntimeError, BackendError, ConfigError
 from agent_runtime.llm.base import ChatMessage, GenerationOptions, LLMBackend
 
@@ -36,7 +36,8 @@ class LocalLLMBackend(LLMBackend):
     OpenMP threads never fight over a core), `idle_threads` (torch threads while no ASR or TTS
     computes in this process, `cores.ENGINE_LOAD`, chosen before every token: the prompt and the
     first clause, which the caller waits for with nothing else running, get the idle cores; default:
-    the usable cores, at most 4; never below `threads`), `repetition_penalty` (default 1.1, llama.cpp-style over
+    `threads`, i.e. off: over WebRTC on 2 cores the media stack's own load made 2 threads no faster,
+    docs/llm.md; never below `threads`), `repetition_penalty` (default 1.1, llama.cpp-style over
     the last 64 tokens; a request's `options.extra["repetition_penalty"]` overrides it; 1.0 = off),
     `decode_dtype` (the weights one-token steps read: "auto" by default = "int4", the checkpoint's
     own 4-bit blocks with bf16 activations, where this CPU runs it >= 1.3x faster than "float16"
@@ -79,7 +80,7 @@ class LocalLLMBackend(LLMBackend):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="local-llm")
         self._active: set[threading.Event] = set()  # cancel flags of queued/running requests
         self.threads = threads or default_threads()
-        self.idle_threads = max(self.threads, idle_threads if idle_threads is not None else usable_cores(4))
+        self.idle_threads = max(self.threads, idle_threads or self.threads)
         self._worker_threads = self.threads
         _pin_worker_threads(self._executor, self.threads)
 
