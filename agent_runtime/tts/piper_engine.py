@@ -114,7 +114,7 @@ class PiperSynthesizer(ChunkedSynthesizer):
         `max_input_chars`: longer text (after markup removal) is spoken as pieces of at most this
         many characters, cut at word boundaries (bounds the memory of one inference).
         `stream_first_frames`: latent frames in a sentence's first audio chunk (256 samples each
-        for the 22.05 kHz voices: 24 = 0.28 s); later chunks double up to ~3 s. 0 decodes each
+        for the 22.05 kHz voices: 24 = 0.28 s); later chunks are 4x larger, up to 4.5 s. 0 decodes each
         sentence whole and peak-normalises it, as piper does (also the fallback for a voice graph
         that cannot be cut).
         """
@@ -126,8 +126,11 @@ class PiperSynthesizer(ChunkedSynthesizer):
             length_scale = 1.0 / speed
         if not isinstance(max_input_chars, int) or max_input_chars < 20:
             raise ConfigError(f"piper: max_input_chars must be an integer >= 20, got {max_input_chars!r}")
-        if isinstance(stream_first_frames, bool) or not isinstance(stream_first_frames, int) or not 0 <= stream_first_frames <= LARGEST_CHUNK_FRAMES:
-            raise ConfigError(f"piper: stream_first_frames must be an integer from 0 to {LARGEST_CHUNK_FRAMES}, got {stream_first_frames!r}")
+        frames_ok = isinstance(stream_first_frames, int) and not isinstance(stream_first_frames, bool)
+        if not frames_ok or not 0 <= stream_first_frames <= LARGEST_CHUNK_FRAMES:
+            raise ConfigError(
+                f"piper: stream_first_frames must be an integer from 0 to {LARGEST_CHUNK_FRAMES}, got {stream_first_frames!r}"
+            )
         self.max_input_chars = max_input_chars
         self.stream_first_frames = stream_first_frames
         self.model_path, self.config_path = resolve_piper_voice(voice, config_path)
