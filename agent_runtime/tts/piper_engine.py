@@ -72,11 +72,12 @@ SPEECH_OPTIONS = frozenset({"voice", "speed"})
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 PIPER_CHUNKING = ChunkerConfig(first_opener_break=True)
 """Piper's segmenting: a short opener ("Yes,", "Sure,", "Of course,") is its own first segment (the
-generic default, stated here because piper is what it was measured on). Piper speaks a segment only
-once the whole sentence is synthesized, so the opener's first audio comes 300-700 ms sooner than
-the whole first sentence's, and the rest is ready before the opener has finished playing (`python -m
-agent_runtime.tts.chunker`; figures in docs/performance.md). A remote piper (`tts-serve`) gets the
-same segments from the generic default."""
+generic default, stated here because piper is what it was measured on). Piper's text encoder and
+flow run over a whole sentence before its first audio chunk, so the opener alone still starts sooner:
+48-69 ms vs 113-126 ms for the whole first sentence with chunked decoding (300-700 ms sooner before
+it), and the rest is ready before the opener has finished playing (`python -m
+agent_runtime.bench.opener`, 2026-12-06). A remote piper (`tts-serve`) gets the same segments from the
+generic default."""
 
 
 class PiperSynthesizer(ChunkedSynthesizer):
@@ -251,7 +252,8 @@ class PiperSynthesizer(ChunkedSynthesizer):
 
 
 class PiperUtterance(UtteranceSynth):
-    """One reply: yields one float32 block per sentence of each segment."""
+    """One reply: yields float32 blocks of each segment, a sentence's audio in chunks (or whole
+    with `stream_first_frames: 0`)."""
 
     def __init__(self, engine: PiperSynthesizer, syn_config: Any = None) -> None:
         """`syn_config`: this reply's piper SynthesisConfig (None: the engine's)."""
