@@ -147,17 +147,20 @@ def _write_cached(folder: Path, graph: SplitGraph | None) -> None:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
+    except OSError as exc:
+        log.debug("piper: cannot cache the split voice graph in %s: %s", folder, exc)
+        return
+    try:
         if graph is not None:
             (staging / "front.onnx").write_bytes(graph.front)
             (staging / "decoder.onnx").write_bytes(graph.decoder)
             meta |= {"latent": graph.latent, "shared": list(graph.shared), "output": graph.output}
         (staging / "split.json").write_text(json.dumps(meta), encoding="utf-8")
-        try:
-            staging.rename(folder)  # atomic: readers see all of it or nothing
-        except OSError:  # another process got there first
-            shutil.rmtree(staging, ignore_errors=True)
-    except OSError as exc:
-        log.debug("piper: cannot cache the split voice graph in %s: %s", folder, exc)
+        staging.rename(folder)  # atomic: readers see all of it or nothing
+    except OSError as exc:  # a full disk, or another process got there first
+        log.debug("piper: split voice graph not cached in %s: %s", folder, exc)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already when the rename succeeded
 
 
 def chunk_bounds(frames: int, first: int, largest: int = LARGEST_CHUNK_FRAMES) -> Iterator[tuple[int, int]]:
