@@ -228,12 +228,10 @@ class PiperSynthesizer(ChunkedSynthesizer):
             if self._stream_gain is None:
                 self._stream_gain = 1.0
                 if self.split is not None:
-                    calm = replace(self.syn_config, noise_scale=0.0, noise_w_scale=0.0, length_scale=None)
-                    peak = 0.0
-                    for phonemes in self.voice.phonemize(CALIBRATION_TEXT):
-                        feeds = _model_inputs(self.voice.config, self.voice.phonemes_to_ids(phonemes), calm)
-                        for block in self.split.synthesize(feeds, LARGEST_CHUNK_FRAMES):
-                            peak = max(peak, float(np.max(np.abs(block))) if len(block) else 0.0)
+                    raw = replace(self.syn_config, noise_scale=0.0, noise_w_scale=0.0, length_scale=None,
+                                  normalize_audio=False, volume=1.0)  # fmt: skip
+                    blocks = PiperUtterance(self, raw).synthesize(CALIBRATION_TEXT)
+                    peak = max((float(np.max(np.abs(b))) for b in blocks if len(b)), default=0.0)
                     self._stream_gain = STREAM_TARGET_PEAK / peak if peak >= 1e-4 else 1.0
             return self._stream_gain
 
@@ -267,7 +265,8 @@ class PiperUtterance(UtteranceSynth):
             return
         engine = self._engine
         voice, cfg = engine.voice, self._config or engine.syn_config
-        gain = (engine.stream_gain() if cfg.normalize_audio else 1.0) * cfg.volume
+        streamed = engine.split is not None
+        gain = (engine.stream_gain() if streamed and cfg.normalize_audio else 1.0) * cfg.volume
         for piece in split_text(text, engine.max_input_chars, _PHONEMES, ("[[",)):
             for phonemes in voice.phonemize(piece):
                 if self._cancelled.is_set():
@@ -275,7 +274,7 @@ class PiperUtterance(UtteranceSynth):
                 if not phonemes:
                     continue
                 ids = voice.phonemes_to_ids(phonemes)
-                if engine.split is None:
+                if not streamed:
                     audio = voice.phoneme_ids_to_audio(ids, cfg)
                     yield _finish(np.asarray(audio, dtype=np.float32), cfg.normalize_audio, cfg.volume)
                     continue

@@ -88,7 +88,7 @@ def split_voice_graph(model_path: Path) -> SplitGraph | None:
     graph = model.graph
     decoder_nodes = [n for n in graph.node if n.name.startswith(_DECODER_SCOPE)]
     entry = [n for n in decoder_nodes if n.name.startswith(_DECODER_ENTRY)]
-    if not entry or len(graph.output) < 1:
+    if not entry:
         log.info("piper: %s has no recognisable decoder; sentences are decoded whole", model_path.name)
         return None
     produced = {out for n in decoder_nodes for out in n.output}
@@ -180,7 +180,6 @@ class SplitVoice:
         self.graph = graph
         self.front = front
         self.decoder = decoder
-        self._front_inputs = {i.name for i in front.get_inputs()}
 
     def synthesize(
         self,
@@ -191,7 +190,7 @@ class SplitVoice:
         """Raw audio (float32, unnormalised) of one sentence, chunk by chunk; stops early when
         `should_stop()` is true between two chunks."""
         names = [self.graph.latent, *self.graph.shared]
-        values = self.front.run(names, {k: v for k, v in feeds.items() if k in self._front_inputs})
+        values = self.front.run(names, dict(feeds))
         latent = values[0]
         shared = dict(zip(self.graph.shared, values[1:], strict=True))
         frames = int(latent.shape[-1])
